@@ -1,0 +1,139 @@
+package ipc
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+)
+
+// Error codes carried by error replies. They are part of the wire contract: append only.
+const (
+	CodeBadRequest   = "bad_request"
+	CodeTooLarge     = "too_large"
+	CodeUnknownName  = "unknown_name"
+	CodeUnknownTopic = "unknown_topic"
+	CodeBusy         = "busy"
+	CodeTimeout      = "timeout"
+	CodeWorkerFailed = "worker_failed"
+	CodeUnavailable  = "unavailable"
+	CodeShuttingDown = "shutting_down"
+	CodeForbidden    = "forbidden"
+	CodeInternal     = "internal"
+)
+
+// TopicError is the topic of every failure reply.
+const TopicError = "error"
+
+// MaxIDBytes bounds the encoded size of a request id.
+const MaxIDBytes = 128
+
+// Request is one client frame: {"id":1,"to":"relay","topic":"echo","data":"hello"}.
+type Request struct {
+	// ID is echoed back verbatim; it is a JSON number or string, or empty.
+	ID    json.RawMessage `json:"id,omitempty"`
+	To    string          `json:"to"`
+	Topic string          `json:"topic"`
+	Data  json.RawMessage `json:"data,omitempty"`
+}
+
+// WorkerRef names the worker process that produced a reply.
+type WorkerRef struct {
+	Host string `json:"host"`
+	PID  int    `json:"pid"`
+}
+
+// Reply is one answer frame. Exactly one of Data (with Topic "<topic>_response") or Error (with
+// Topic "error") is set.
+type Reply struct {
+	ID     json.RawMessage `json:"id,omitempty"`
+	Topic  string          `json:"topic"`
+	Data   json.RawMessage `json:"data,omitempty"`
+	Worker *WorkerRef      `json:"worker,omitempty"`
+	Error  *Error          `json:"error,omitempty"`
+}
+
+// Error is the body of an error reply, with one of the stable Code* values.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Errorf returns an *Error with the given code and a formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ResponseTopic is the topic of a successful reply to a request on topic.
+func ResponseTopic(topic string) string { return topic + "_response" }
+
+// ErrorReply builds the error frame answering a request with the given id.
+func ErrorReply(id json.RawMessage, err *Error) Reply {
+	return Reply{ID: id, Topic: TopicError, Error: err}
+}
+
+// rawRequest defers typing every field so that a request with a bad field still yields its id.
+type rawRequest struct {
+	ID    json.RawMessage `json:"id"`
+	To    json.RawMessage `json:"to"`
+	Topic json.RawMessage `json:"topic"`
+	Data  json.RawMessage `json:"data"`
+}
+
+// DecodeRequest parses and validates one request line (without its newline). On failure it
+// returns a bad_request *Error and, when it could be read, the request's id so the error can
+// carry it.
+func DecodeRequest(line []byte) (Request, *Error) {
+	var raw rawRequest
+	line = bytes.TrimSpace(line)
+	if len(line) == 0 || line[0] != '{' {
+		return Request{}, Errorf(CodeBadRequest, "request is not a JSON object")
+	}
+	if err := json.Unmarshal(line, &raw); err != nil {
+		return Request{}, Errorf(CodeBadRequest, "request is not valid JSON: %v", err)
+	}
+	req := Request{Data: raw.Data}
+	if id := raw.ID; len(id) > 0 && !bytes.Equal(id, []byte("null")) {
+		switch {
+		case len(id) > MaxIDBytes:
+			return req, Errorf(CodeBadRequest, "id is longer than %d bytes", MaxIDBytes)
+		case id[0] == '"' || id[0] == '-' || (id[0] >= '0' && id[0] <= '9'):
+			req.ID = id
+		default:
+			return req, Errorf(CodeBadRequest, "id must be a number or a string")
+		}
+	}
+	var err *Error
+	if req.To, err = stringField("to", raw.To); err != nil {
+		return req, err
+	}
+	if req.Topic, err = stringField("topic", raw.Topic); err != nil {
+		return req, err
+	}
+	return req, nil
+}
+
+func stringField(name string, v json.RawMessage) (string, *Error) {
+	if len(v) == 0 || bytes.Equal(v, []byte("null")) {
+		return "", Errorf(CodeBadRequest, "missing field %q", name)
+	}
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		return "", Errorf(CodeBadRequest, "field %q must be a string", name)
+	}
+	if s == "" {
+		return "", Errorf(CodeBadRequest, "field %q is empty", name)
+	}
+	return s, nil
+}
+
+// AppendFrame appends v as one JSON line to b.
+func AppendFrame(b []byte, v any) ([]byte, error) {
+	enc, err := json.Marshal(v)
+	if err != nil {
+		return b, err
+	}
+	b = append(b, enc...)
+	return append(b, '\n'), nil
+}

@@ -1,0 +1,67 @@
+package ipc
+
+import (
+	"bufio"
+	"errors"
+	"io"
+)
+
+// ErrTooLarge reports a line longer than the reader's limit. The reader has skipped the rest of
+// that line and can go on reading.
+var ErrTooLarge = errors.New("line too large")
+
+// LineReader reads newline-terminated lines of bounded length.
+type LineReader struct {
+	r   *bufio.Reader
+	max int
+	buf []byte
+}
+
+// NewLineReader returns a LineReader that refuses lines longer than max bytes.
+func NewLineReader(r io.Reader, max int) *LineReader {
+	size := 64 << 10
+	if max+1 < size {
+		size = max + 1
+	}
+	if size < 16 {
+		size = 16
+	}
+	return &LineReader{r: bufio.NewReaderSize(r, size), max: max}
+}
+
+// ReadLine returns the next line without its newline. The slice is valid until the next call.
+// A final line without a newline is returned as a line; after it comes io.EOF. A line over the
+// limit yields ErrTooLarge once, after which reading resumes at the next line.
+func (l *LineReader) ReadLine() ([]byte, error) {
+	l.buf = l.buf[:0]
+	tooLarge := false
+	for {
+		frag, err := l.r.ReadSlice('\n')
+		if !tooLarge {
+			if len(l.buf)+len(frag) > l.max+1 || (err == nil && len(l.buf)+len(frag)-1 > l.max) {
+				tooLarge = true
+				l.buf = l.buf[:0]
+			} else {
+				l.buf = append(l.buf, frag...)
+			}
+		}
+		switch {
+		case err == nil:
+			if tooLarge {
+				return nil, ErrTooLarge
+			}
+			return l.buf[:len(l.buf)-1], nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case tooLarge:
+			return nil, ErrTooLarge
+		case len(l.buf) > 0 && errors.Is(err, io.EOF):
+			return l.buf, nil
+		default:
+			return nil, err
+		}
+	}
+}
+
+// Buffered reports how many bytes of a partial line are waiting in the reader.
+func (l *LineReader) Buffered() int { return l.r.Buffered() }
