@@ -1,0 +1,285 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"relayd/ipc"
+	"relayd/supervisor"
+)
+
+// config is relayd's settings after flags are parsed and checked.
+type config struct {
+	socket          string
+	socketMode      os.FileMode
+	socketGroup     string
+	worker          string
+	workerArgs      []string
+	workerEnv       []string
+	limits          []supervisor.Rlimit
+	credential      *syscall.Credential
+	maxWorkers      int
+	queue           int
+	maxPerClient    int
+	maxConns        int
+	messageTimeout  time.Duration
+	killGrace       time.Duration
+	maxRestarts     int
+	statsInterval   time.Duration
+	shutdownTimeout time.Duration
+	maxMessageBytes int
+	authorize       func(unix.Ucred) error
+	logLevel        string
+	logFormat       string
+}
+
+const usageHead = `Usage: relayd [flags]
+
+relayd listens on a Unix socket and answers each message sent to the name "relay" with the
+reply of a worker process it forks, monitors and reaps for that message. Without --socket it
+uses $RELAY_SOCKET, then ` + ipc.DefaultSocket + `; under systemd socket activation it uses the
+socket it is passed.
+
+Flags:
+`
+
+func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*config, error) {
+	fs := pflag.NewFlagSet("relayd", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.SetOutput(io.Discard)
+	var (
+		cfg          config
+		socketMode   string
+		workerEnv    []string
+		allowUIDs    []string
+		allowGIDs    []string
+		faults       bool
+		rlimitCPU    time.Duration
+		rlimitNofile uint64
+		rlimitData   string
+		rlimitAS     string
+		workerUser   string
+		workerGroup  string
+		showVersion  bool
+	)
+	fs.StringVar(&cfg.socket, "socket", "", "Unix socket `path` to listen on (default $RELAY_SOCKET, then "+ipc.DefaultSocket+")")
+	fs.StringVar(&socketMode, "socket-mode", "0660", "permission `mode` of the socket file (octal)")
+	fs.StringVar(&cfg.socketGroup, "socket-group", "", "group `name` that owns the socket file")
+	fs.StringArrayVar(&allowUIDs, "allow-uid", nil, "only let this `uid` connect (repeatable; default: anyone the socket mode lets in)")
+	fs.StringArrayVar(&allowGIDs, "allow-gid", nil, "also let peers with this primary `gid` connect (repeatable)")
+	fs.IntVar(&cfg.maxConns, "max-conns", 256, "most client connections open at once; more are answered busy and closed")
+	fs.StringVar(&cfg.worker, "worker", defaultWorker(), "worker executable `path` (default: worker beside relayd)")
+	fs.StringArrayVar(&cfg.workerArgs, "worker-arg", nil, "argument passed to every worker (repeatable), e.g. --worker-arg=--delay=0s")
+	fs.StringArrayVar(&workerEnv, "worker-env", nil, "pass this environment variable `KEY` from relayd to workers (repeatable)")
+	fs.BoolVar(&faults, "allow-fault-injection", false, "let workers obey fault directives such as !crash (sets RELAY_FAULTS=1; for testing only)")
+	fs.IntVar(&cfg.maxWorkers, "max-workers", defaultMaxWorkers(), "most worker processes at once (64 per CPU: workers mostly wait, and one is a few MiB)")
+	fs.IntVar(&cfg.queue, "queue", 1024, "most messages waiting for a worker; more are answered busy at once")
+	fs.IntVar(&cfg.maxPerClient, "max-per-client", 64, "most messages of one connection in flight; more wait their turn")
+	fs.DurationVar(&cfg.messageTimeout, "message-timeout", 10*time.Second, "longest one attempt may take before its worker is stopped and the sender gets timeout")
+	fs.DurationVar(&cfg.killGrace, "kill-grace", 2*time.Second, "time between SIGTERM and SIGKILL when a worker is stopped")
+	fs.IntVar(&cfg.maxRestarts, "max-restarts", 2, "retries of a message whose worker failed, on fresh workers with backoff")
+	fs.DurationVar(&cfg.statsInterval, "stats-interval", 5*time.Second, "period of the stats log line (0 turns it off)")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running workers may finish after SIGTERM")
+	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 1<<20, "longest request line; longer ones are answered too_large")
+	fs.DurationVar(&rlimitCPU, "worker-rlimit-cpu", 30*time.Second, "CPU time limit of a worker (RLIMIT_CPU; 0 for none)")
+	fs.Uint64Var(&rlimitNofile, "worker-rlimit-nofile", 64, "open-file limit of a worker (RLIMIT_NOFILE; 0 for relayd's own)")
+	fs.StringVar(&rlimitData, "worker-rlimit-data", "1GiB", "data-segment limit of a worker (RLIMIT_DATA, e.g. 512MiB; \"unlimited\" for none)")
+	fs.StringVar(&rlimitAS, "worker-rlimit-as", "unlimited", "address-space limit of a worker (RLIMIT_AS; Go reserves much address space, so leave it high)")
+	fs.StringVar(&workerUser, "worker-user", "", "run workers as this `user` (relayd must run as root)")
+	fs.StringVar(&workerGroup, "worker-group", "", "run workers with this `group` (default: the user's primary group)")
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "log `level`: trace, debug, info, warn, error")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
+	help := fs.BoolP("help", "h", false, "show this help and exit")
+
+	if err := fs.Parse(args); err != nil {
+		return nil, fmt.Errorf("%w (see relayd --help)", err)
+	}
+	switch {
+	case *help:
+		fmt.Fprint(stdout, usageHead+fs.FlagUsagesWrapped(100))
+		return nil, errHelp
+	case showVersion:
+		fmt.Fprintf(stdout, "relayd %s\n", version())
+		return nil, errHelp
+	case fs.NArg() > 0:
+		return nil, fmt.Errorf("unexpected argument %q (see relayd --help)", fs.Arg(0))
+	}
+
+	cfg.socket = ipc.ResolveSocket(cfg.socket, getenv)
+	mode, err := strconv.ParseUint(socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return nil, fmt.Errorf("--socket-mode %q is not an octal permission mode", socketMode)
+	}
+	cfg.socketMode = os.FileMode(mode)
+	if cfg.logFormat != "text" && cfg.logFormat != "json" {
+		return nil, fmt.Errorf("--log-format %q: want text or json", cfg.logFormat)
+	}
+	if !slices.Contains([]string{"trace", "debug", "info", "warn", "error"}, strings.ToLower(cfg.logLevel)) {
+		return nil, fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", cfg.logLevel)
+	}
+	for _, c := range []struct {
+		name string
+		v    int
+	}{{"--max-workers", cfg.maxWorkers}, {"--max-per-client", cfg.maxPerClient}, {"--max-message-bytes", cfg.maxMessageBytes}} {
+		if c.v < 1 {
+			return nil, fmt.Errorf("%s must be at least 1", c.name)
+		}
+	}
+	if cfg.queue < 0 || cfg.maxRestarts < 0 || cfg.maxConns < 0 {
+		return nil, fmt.Errorf("--queue, --max-restarts and --max-conns must not be negative")
+	}
+	if cfg.messageTimeout < 0 || cfg.killGrace < 0 || cfg.shutdownTimeout < 0 || cfg.statsInterval < 0 {
+		return nil, fmt.Errorf("durations must not be negative")
+	}
+
+	cfg.workerEnv = workerEnvironment(faults, workerEnv, getenv)
+	if cfg.limits, err = workerLimits(rlimitCPU, rlimitNofile, rlimitData, rlimitAS); err != nil {
+		return nil, err
+	}
+	if cfg.credential, err = workerCredential(workerUser, workerGroup); err != nil {
+		return nil, err
+	}
+	if cfg.authorize, err = authorizer(allowUIDs, allowGIDs); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// workerEnvironment builds a worker's environment from scratch: nothing of relayd's reaches a
+// worker unless named with --worker-env.
+func workerEnvironment(faults bool, pass []string, getenv func(string) string) []string {
+	lang := getenv("LANG")
+	if lang == "" {
+		lang = "C.UTF-8"
+	}
+	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=" + lang, "GOMAXPROCS=1"}
+	if faults {
+		env = append(env, "RELAY_FAULTS=1")
+	}
+	for _, k := range pass {
+		if v := getenv(k); v != "" && !strings.HasPrefix(k, "RELAY_") {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+func workerLimits(cpu time.Duration, nofile uint64, data, as string) ([]supervisor.Rlimit, error) {
+	limits := []supervisor.Rlimit{{Resource: unix.RLIMIT_CORE}}
+	if cpu > 0 {
+		s := uint64(max(1, cpu.Round(time.Second)/time.Second))
+		// The soft limit sends SIGXCPU; the hard one, a second later, SIGKILL.
+		limits = append(limits, supervisor.Rlimit{Resource: unix.RLIMIT_CPU, Cur: s, Max: s + 1})
+	}
+	if nofile > 0 {
+		limits = append(limits, supervisor.Rlimit{Resource: unix.RLIMIT_NOFILE, Cur: nofile, Max: nofile})
+	}
+	for _, l := range []struct {
+		flag, value string
+		resource    int
+	}{{"--worker-rlimit-data", data, unix.RLIMIT_DATA}, {"--worker-rlimit-as", as, unix.RLIMIT_AS}} {
+		n, err := parseBytes(l.value)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", l.flag, err)
+		}
+		if n != supervisor.Unlimited {
+			limits = append(limits, supervisor.Rlimit{Resource: l.resource, Cur: n, Max: n})
+		}
+	}
+	return limits, nil
+}
+
+// parseBytes reads sizes such as 512MiB, 1GiB, 65536 or unlimited.
+func parseBytes(s string) (uint64, error) {
+	if s == "" || s == "unlimited" || s == "0" {
+		return supervisor.Unlimited, nil
+	}
+	mult := uint64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   uint64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a size (e.g. 512MiB, 1GiB, unlimited)", s)
+	}
+	return n * mult, nil
+}
+
+func workerCredential(userName, groupName string) (*syscall.Credential, error) {
+	if userName == "" {
+		if groupName != "" {
+			return nil, fmt.Errorf("--worker-group needs --worker-user")
+		}
+		return nil, nil
+	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("--worker-user needs relayd to run as root (it runs as uid %d)", os.Geteuid())
+	}
+	u, err := user.Lookup(userName)
+	if err != nil {
+		return nil, fmt.Errorf("--worker-user: %w", err)
+	}
+	gidStr := u.Gid
+	if groupName != "" {
+		g, err := user.LookupGroup(groupName)
+		if err != nil {
+			return nil, fmt.Errorf("--worker-group: %w", err)
+		}
+		gidStr = g.Gid
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(gidStr, 10, 32)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+}
+
+// authorizer returns the peer check of --allow-uid and --allow-gid, or nil when neither is set.
+// relayd's own uid is always let in.
+func authorizer(uids, gids []string) (func(unix.Ucred) error, error) {
+	if len(uids) == 0 && len(gids) == 0 {
+		return nil, nil
+	}
+	parse := func(flag string, vals []string) ([]uint32, error) {
+		var ids []uint32
+		for _, v := range vals {
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("%s %q is not a number", flag, v)
+			}
+			ids = append(ids, uint32(n))
+		}
+		return ids, nil
+	}
+	allowU, err := parse("--allow-uid", uids)
+	if err != nil {
+		return nil, err
+	}
+	allowG, err := parse("--allow-gid", gids)
+	if err != nil {
+		return nil, err
+	}
+	self := uint32(os.Geteuid())
+	return func(c unix.Ucred) error {
+		if c.Uid == self || slices.Contains(allowU, c.Uid) || slices.Contains(allowG, c.Gid) {
+			return nil
+		}
+		return fmt.Errorf("uid %d is not allowed to use this relay", c.Uid)
+	}, nil
+}

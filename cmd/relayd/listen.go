@@ -1,0 +1,89 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/user"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/hashicorp/go-hclog"
+)
+
+// listen returns the socket systemd passed, or binds cfg.socket itself. A socket file that is
+// already there is removed only when nothing answers on it; if another relayd does, listen
+// refuses to start. A socket relayd binds itself is removed when the listener closes; one
+// systemd passed is never removed.
+func listen(cfg *config, log hclog.Logger) (net.Listener, error) {
+	lns, err := activation.Listeners()
+	if err != nil {
+		return nil, fmt.Errorf("using the sockets systemd passed: %w", err)
+	}
+	for i, ln := range lns {
+		if ln == nil {
+			continue
+		}
+		if _, ok := ln.(*net.UnixListener); !ok {
+			ln.Close()
+			continue
+		}
+		for _, other := range lns[i+1:] {
+			if other != nil {
+				other.Close()
+			}
+		}
+		log.Info("listening on socket from systemd", "addr", ln.Addr().String())
+		return ln, nil
+	}
+	if len(lns) > 0 {
+		return nil, errors.New("systemd passed no Unix stream socket")
+	}
+
+	path := cfg.socket
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket; not touching it", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("another relayd is already listening on %s", path)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("probing existing socket %s: %w", path, err)
+		}
+		log.Info("removing stale socket", "path", path)
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing stale socket: %w", err)
+		}
+	}
+	// Bind under a umask that lets nobody else in until the mode below is set.
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listening: %w", err)
+	}
+	if err := os.Chmod(path, cfg.socketMode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("setting socket mode: %w", err)
+	}
+	if cfg.socketGroup != "" {
+		g, err := user.LookupGroup(cfg.socketGroup)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("--socket-group: %w", err)
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("setting socket group: %w", err)
+		}
+	}
+	log.Debug("listening", "path", path, "mode", fmt.Sprintf("%#o", cfg.socketMode))
+	return ln, nil
+}

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"relayd/relay"
+	"relayd/supervisor"
+)
+
+// errHelp is returned by parseFlags for --help and --version: the output is written, exit 0.
+var errHelp = errors.New("help requested")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	cfg, err := parseFlags(args, stdout, getenv)
+	if errors.Is(err, errHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	// Descriptors inherited from whoever started relayd must not reach the workers.
+	closeOnExecInherited()
+
+	log := hclog.New(&hclog.LoggerOptions{
+		Name:       "relayd",
+		Level:      hclog.LevelFromString(cfg.logLevel),
+		JSONFormat: cfg.logFormat == "json",
+		Output:     stderr,
+		// journald stamps every line itself.
+		DisableTime: getenv("JOURNAL_STREAM") != "",
+	})
+
+	host, err := supervisor.New(supervisor.Options{
+		Name:       "processes",
+		Path:       cfg.worker,
+		Args:       cfg.workerArgs,
+		Env:        cfg.workerEnv,
+		Limits:     cfg.limits,
+		Credential: cfg.credential,
+		KillGrace:  cfg.killGrace,
+		Subreaper:  true,
+		Logger:     log.Named("worker"),
+	})
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+
+	ln, err := listen(cfg, log)
+	if err != nil {
+		return err
+	}
+
+	rl := relay.New(relay.Config{
+		Host:            host,
+		MaxWorkers:      cfg.maxWorkers,
+		Queue:           cfg.queue,
+		MessageTimeout:  cfg.messageTimeout,
+		KillGrace:       cfg.killGrace,
+		ShutdownTimeout: cfg.shutdownTimeout,
+		MaxRestarts:     cfg.maxRestarts,
+		Backoff:         supervisor.Backoff{Initial: 10 * time.Millisecond, Max: time.Second, Multiplier: 2, Jitter: 0.5},
+		ProbeBackoff:    supervisor.Backoff{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Multiplier: 2, Jitter: 0.2},
+		StatsInterval:   cfg.statsInterval,
+		OnStats: func(s relay.Stats) {
+			daemon.SdNotify(false, fmt.Sprintf("STATUS=messages=%d workers_spawned=%d in_flight=%d queued=%d restarts=%d",
+				s.Messages, s.WorkersSpawned, s.InFlight, s.Queued, s.Restarts))
+		},
+		WatchdogInterval: watchdogInterval(),
+		Watchdog:         func() { daemon.SdNotify(false, daemon.SdNotifyWatchdog) },
+		Logger:           log,
+	})
+	var names supervisor.Registry[chan<- *relay.Message]
+	if err := names.Register(relay.Name, rl.Inbox()); err != nil {
+		return err
+	}
+	srv := relay.NewServer(relay.ServerConfig{
+		Lookup:          names.Lookup,
+		MaxMessageBytes: cfg.maxMessageBytes,
+		MaxPerClient:    cfg.maxPerClient,
+		MaxConns:        cfg.maxConns,
+		Authorize:       cfg.authorize,
+		Logger:          log,
+	})
+
+	// A second SIGINT or SIGTERM during the drain stops every worker at once.
+	hard, cancelHard := context.WithCancel(context.Background())
+	defer cancelHard()
+	relayDone := make(chan error, 1)
+	go func() { relayDone <- rl.Run(hard) }()
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve(ln) }()
+	daemon.SdNotify(false, daemon.SdNotifyReady)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-serveDone:
+	}
+	daemon.SdNotify(false, daemon.SdNotifyStopping)
+	log.Info("shutting down", "in_flight", rl.Stats().InFlight)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case <-sigs:
+			cancelHard()
+		case <-hard.Done():
+		}
+	}()
+
+	srv.StopReading()
+	if serveErr == nil {
+		serveErr = <-serveDone
+	}
+	rl.CloseInbox()
+	<-relayDone
+	cancelHard()
+	srv.Wait()
+	if err := host.Close(); err != nil {
+		return err
+	}
+	log.Info("relay stopped")
+	return serveErr
+}
+
+func watchdogInterval() time.Duration {
+	d, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || d <= 0 {
+		return 0
+	}
+	return d / 2
+}
+
+// closeOnExecInherited marks every descriptor above 2 close-on-exec.
+func closeOnExecInherited() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+// defaultWorker is the worker executable beside relayd's own.
+func defaultWorker() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "worker"
+	}
+	return filepath.Join(filepath.Dir(exe), "worker")
+}
+
+func defaultMaxWorkers() int { return 64 * runtime.NumCPU() }

@@ -1,0 +1,339 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"relayd/ipc"
+	"relayd/supervisor"
+)
+
+// Name is the name the relay registers under, as in the tutorial's process.registry.register("relay").
+const Name = "relay"
+
+// Topics of the relay.
+const (
+	TopicEcho  = "echo"
+	TopicStats = "stats"
+)
+
+// Config configures a Relay. Zero durations and counts mean "none" or "unlimited" only where
+// noted; relayd fills in its documented defaults.
+type Config struct {
+	Host *supervisor.Host
+	// MaxWorkers bounds concurrent worker processes; Queue bounds messages waiting for one.
+	MaxWorkers int
+	Queue      int
+	// MessageTimeout bounds each attempt; KillGrace separates SIGTERM from SIGKILL.
+	MessageTimeout time.Duration
+	KillGrace      time.Duration
+	// ShutdownTimeout is how long running workers may finish after the inbox closes.
+	ShutdownTimeout time.Duration
+	// MaxRestarts is how many times a message is retried after its worker fails.
+	MaxRestarts int
+	// Backoff spaces retries of one message; ProbeBackoff spaces attempts to start workers
+	// again after the executable could not be started.
+	Backoff      supervisor.Backoff
+	ProbeBackoff supervisor.Backoff
+	// Budget throttles retries across all messages.
+	Budget *supervisor.RetryBudget
+	// StatsInterval is the stats reporter's period; OnStats, if set, also gets each report.
+	StatsInterval time.Duration
+	OnStats       func(Stats)
+	// WatchdogInterval, if set, calls Watchdog from the relay's own loop at that period, so a
+	// wedged loop stops the pings.
+	WatchdogInterval time.Duration
+	Watchdog         func()
+	Logger           hclog.Logger
+	// Rand returns numbers in [0, 1) for backoff jitter; nil uses math/rand/v2.
+	Rand func() float64
+}
+
+// Relay is the relay process of the tutorial. Its loop, Run, selects over its inbox (messages
+// from clients) and its events (EXIT events of its workers); it alone owns the queue and the
+// retry timers.
+type Relay struct {
+	cfg     Config
+	log     hclog.Logger
+	inbox   chan *Message
+	retries chan *Message
+	stats   *counters
+
+	// Owned by the Run loop.
+	seq         uint64
+	running     int
+	queue       []*Message
+	retryTimers map[*Message]*time.Timer
+	draining    bool
+	unavailable bool
+	probeFails  int
+	probeAt     time.Time
+	spawnErr    string
+}
+
+// New returns a relay; Run runs it.
+func New(cfg Config) *Relay {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
+	if cfg.Budget == nil {
+		cfg.Budget = supervisor.NewRetryBudget(10, 0.1)
+	}
+	if cfg.MaxWorkers <= 0 {
+		cfg.MaxWorkers = 1
+	}
+	return &Relay{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		inbox:       make(chan *Message, 256),
+		retries:     make(chan *Message),
+		stats:       newCounters(),
+		retryTimers: make(map[*Message]*time.Timer),
+	}
+}
+
+// Inbox is where messages for the relay are delivered; it is what the registry maps "relay" to.
+func (r *Relay) Inbox() chan<- *Message { return r.inbox }
+
+// CloseInbox tells the relay that no more messages will come. Call it once, after every sender
+// has stopped; Run then finishes what it holds and returns.
+func (r *Relay) CloseInbox() { close(r.inbox) }
+
+// Run is the relay's loop. It returns once the inbox is closed and every message it took is
+// answered. Cancelling ctx kills every worker at once (the second signal).
+func (r *Relay) Run(ctx context.Context) error {
+	r.log.Info("relay started", "pid", os.Getpid())
+	var reporter sync.WaitGroup
+	stopStats := make(chan struct{})
+	if r.cfg.StatsInterval > 0 {
+		reporter.Add(1)
+		go func() { defer reporter.Done(); r.statsReporter(stopStats) }()
+	}
+	defer func() { close(stopStats); reporter.Wait() }()
+
+	var watchdog <-chan time.Time
+	if r.cfg.WatchdogInterval > 0 && r.cfg.Watchdog != nil {
+		t := time.NewTicker(r.cfg.WatchdogInterval)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	inbox, events, hard := r.inbox, r.cfg.Host.Events(), ctx.Done()
+	var shutdown <-chan time.Time
+	for {
+		select {
+		case m, ok := <-inbox:
+			if !ok {
+				inbox = nil
+				r.drain()
+				if r.running > 0 && r.cfg.ShutdownTimeout > 0 {
+					shutdown = time.After(r.cfg.ShutdownTimeout)
+				}
+				break
+			}
+			r.receive(m)
+		case ex := <-events:
+			r.exited(ex)
+		case m := <-r.retries:
+			delete(r.retryTimers, m)
+			r.admit(m, true)
+		case <-watchdog:
+			r.cfg.Watchdog()
+		case <-shutdown:
+			shutdown = nil
+			r.log.Warn("shutdown timeout: stopping workers", "workers", r.running, "grace", r.cfg.KillGrace)
+			r.cfg.Host.Stop(supervisor.Reason{Kind: supervisor.ReasonKilled}, r.cfg.KillGrace)
+		case <-hard:
+			hard = nil
+			r.log.Warn("stopping every worker now", "workers", r.running)
+			r.draining = true
+			r.cfg.Host.Stop(supervisor.Reason{Kind: supervisor.ReasonKilled}, 0)
+		}
+		r.stats.setLoad(r.running, len(r.queue))
+		if inbox == nil && r.running == 0 && len(r.retryTimers) == 0 {
+			return nil
+		}
+	}
+}
+
+// receive handles one message from the inbox.
+func (r *Relay) receive(m *Message) {
+	r.seq++
+	m.seq = r.seq
+	switch m.Req.Topic {
+	case TopicStats:
+		m.respond(r.Stats(), nil)
+	case TopicEcho:
+		var s string
+		if err := json.Unmarshal(m.Req.Data, &s); err != nil {
+			m.Fail(ipc.Errorf(ipc.CodeBadRequest, "data of an echo message must be a string"))
+			return
+		}
+		r.stats.messages.Add(1)
+		r.admit(m, false)
+	default:
+		m.Fail(ipc.Errorf(ipc.CodeUnknownTopic, "%q has no topic %q (topics: echo, stats)", Name, m.Req.Topic))
+	}
+}
+
+// admit starts a worker for m if one may run now, queues it otherwise, or turns it away. A
+// retry was admitted before, so it goes to the front of the queue and past its bound.
+func (r *Relay) admit(m *Message, retry bool) {
+	switch {
+	case r.draining:
+		m.Fail(ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down"))
+	case r.unavailable && time.Now().Before(r.probeAt):
+		m.Fail(ipc.Errorf(ipc.CodeUnavailable, "workers cannot be started (%s); next try in %s",
+			r.spawnErr, time.Until(r.probeAt).Round(time.Millisecond)))
+	case r.running < r.cfg.MaxWorkers:
+		r.spawn(m)
+	case retry:
+		r.queue = append([]*Message{m}, r.queue...)
+	case len(r.queue) < r.cfg.Queue:
+		r.queue = append(r.queue, m)
+	default:
+		m.Fail(ipc.Errorf(ipc.CodeBusy, "all %d workers are busy and %d messages are queued", r.running, len(r.queue)))
+	}
+}
+
+// spawn is the tutorial's process.spawn_monitored: the worker's reply goes straight to the
+// sender, and its end comes back to this loop as an EXIT event.
+func (r *Relay) spawn(m *Message) {
+	m.attempts++
+	r.running++
+	host := r.cfg.Host.Name()
+	r.cfg.Host.Spawn(&supervisor.Job{
+		ID:      strconv.FormatUint(m.seq, 10),
+		Topic:   m.Req.Topic,
+		Data:    m.Req.Data,
+		Attempt: m.attempts,
+		Timeout: r.cfg.MessageTimeout,
+		Tag:     m,
+		OnReply: func(pid int, wr ipc.WorkerReply) {
+			if wr.Error != "" {
+				m.Fail(ipc.Errorf(ipc.CodeWorkerFailed, "worker %d: %s", pid, wr.Error))
+				return
+			}
+			m.Answer(ipc.Reply{Topic: ipc.ResponseTopic(m.Req.Topic), Data: wr.Data, Worker: &ipc.WorkerRef{Host: host, PID: pid}})
+		},
+	})
+}
+
+// exited handles a worker's EXIT event: log it, then answer, retry or leave its message.
+func (r *Relay) exited(ex supervisor.Exit) {
+	r.running--
+	m := ex.Job.Tag.(*Message)
+	reason := ex.Reason.String()
+	r.stats.exit(reason)
+	fields := []any{"from", ex.PID, "result", ex.Result(), "reason", reason,
+		"duration", ex.Duration.Round(time.Microsecond), "attempt", ex.Job.Attempt}
+	if ex.PeakRSS > 0 {
+		fields = append(fields, "peak_rss", ex.PeakRSS)
+	}
+	if ex.Reason.Abnormal() {
+		if ex.Err != nil {
+			fields = append(fields, "error", ex.Err.Error())
+		}
+		r.log.Warn("worker exited", fields...)
+		if ex.Reason.Kind != supervisor.ReasonKilled {
+			r.cfg.Budget.Failure()
+		}
+	} else {
+		r.log.Info("worker exited", fields...)
+		r.cfg.Budget.Success()
+	}
+	if ex.Reason.Kind == supervisor.ReasonSpawnFailed {
+		r.spawnFailed(ex)
+	} else if r.unavailable {
+		r.unavailable = false
+		r.log.Info("workers can be started again", "after_failures", r.probeFails)
+		r.probeFails = 0
+	}
+
+	switch {
+	case m.Answered():
+	case ex.Reason.Kind == supervisor.ReasonSpawnFailed:
+		m.Fail(ipc.Errorf(ipc.CodeUnavailable, "%s", ex.Describe()))
+	case ex.Reason.Kind == supervisor.ReasonTimeout:
+		m.Fail(ipc.Errorf(ipc.CodeTimeout, "worker %d did not answer within %s", ex.PID, r.cfg.MessageTimeout))
+	case ex.Reason.Kind == supervisor.ReasonKilled:
+		m.Fail(ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down; worker %d was stopped", ex.PID))
+	case m.attempts <= r.cfg.MaxRestarts && !r.draining && r.cfg.Budget.Allow():
+		r.stats.restarts.Add(1)
+		delay := r.cfg.Backoff.Delay(m.attempts, r.cfg.Rand)
+		r.retryTimers[m] = time.AfterFunc(delay, func() { r.retries <- m })
+	default:
+		msg := ex.Describe() + "; " + plural(m.attempts, "attempt")
+		if m.attempts <= r.cfg.MaxRestarts && !r.draining {
+			msg += " (retries paused: too many workers failing)"
+		}
+		m.Fail(ipc.Errorf(ipc.CodeWorkerFailed, "%s", msg))
+	}
+	r.pump()
+}
+
+// spawnFailed enters or extends the unavailable state: until probeAt, messages are answered
+// unavailable without trying; the state is logged when it begins, not per message.
+func (r *Relay) spawnFailed(ex supervisor.Exit) {
+	r.probeFails++
+	delay := r.cfg.ProbeBackoff.Delay(r.probeFails, r.cfg.Rand)
+	r.probeAt = time.Now().Add(delay)
+	r.spawnErr = errText(ex.Err)
+	if !r.unavailable {
+		r.unavailable = true
+		r.log.Error("spawn failed", "error", r.spawnErr, "next_try", delay.Round(time.Millisecond))
+	}
+}
+
+// pump starts queued messages while workers may run.
+func (r *Relay) pump() {
+	for r.running < r.cfg.MaxWorkers && len(r.queue) > 0 {
+		m := r.queue[0]
+		r.queue[0] = nil
+		r.queue = r.queue[1:]
+		r.admit(m, true)
+	}
+}
+
+// drain begins shutdown: queued messages and pending retries are answered shutting_down;
+// running workers may finish until ShutdownTimeout.
+func (r *Relay) drain() {
+	r.draining = true
+	for _, m := range r.queue {
+		m.Fail(ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down"))
+	}
+	r.queue = nil
+	for m, t := range r.retryTimers {
+		// A timer that already fired is on its way to r.retries; the loop answers it there.
+		if t.Stop() {
+			delete(r.retryTimers, m)
+			m.Fail(ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down"))
+		}
+	}
+	if r.running > 0 {
+		r.log.Info("draining", "workers", r.running, "timeout", r.cfg.ShutdownTimeout)
+	}
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return strconv.Itoa(n) + " " + word + "s"
+}

@@ -1,0 +1,79 @@
+package relay
+
+import (
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Stats are the relay's counters, as logged by the stats reporter and returned by the stats topic.
+type Stats struct {
+	Messages       uint64            `json:"messages"`
+	WorkersSpawned uint64            `json:"workers_spawned"`
+	InFlight       int64             `json:"in_flight"`
+	Queued         int64             `json:"queued"`
+	Restarts       uint64            `json:"restarts"`
+	Exits          map[string]uint64 `json:"exits"`
+	UptimeSeconds  float64           `json:"uptime_seconds"`
+}
+
+type counters struct {
+	start              time.Time
+	messages, restarts atomic.Uint64
+	inFlight, queued   atomic.Int64
+
+	mu    sync.Mutex
+	exits map[string]uint64 // guarded by mu
+}
+
+func newCounters() *counters {
+	return &counters{start: time.Now(), exits: make(map[string]uint64)}
+}
+
+func (c *counters) exit(reason string) {
+	c.mu.Lock()
+	c.exits[reason]++
+	c.mu.Unlock()
+}
+
+func (c *counters) setLoad(running, queued int) {
+	c.inFlight.Store(int64(running))
+	c.queued.Store(int64(queued))
+}
+
+// Stats returns a snapshot of the counters. It is safe to call from any goroutine.
+func (r *Relay) Stats() Stats {
+	c := r.stats
+	c.mu.Lock()
+	exits := maps.Clone(c.exits)
+	c.mu.Unlock()
+	return Stats{
+		Messages:       c.messages.Load(),
+		WorkersSpawned: r.cfg.Host.Spawned(),
+		InFlight:       c.inFlight.Load(),
+		Queued:         c.queued.Load(),
+		Restarts:       c.restarts.Load(),
+		Exits:          exits,
+		UptimeSeconds:  time.Since(c.start).Round(time.Millisecond).Seconds(),
+	}
+}
+
+// statsReporter is the tutorial's stats coroutine: it logs the counters every StatsInterval.
+func (r *Relay) statsReporter(stop <-chan struct{}) {
+	t := time.NewTicker(r.cfg.StatsInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		s := r.Stats()
+		r.log.Info("stats", "messages", s.Messages, "workers_spawned", s.WorkersSpawned,
+			"in_flight", s.InFlight, "queued", s.Queued, "restarts", s.Restarts)
+		if r.cfg.OnStats != nil {
+			r.cfg.OnStats(s)
+		}
+	}
+}

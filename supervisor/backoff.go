@@ -1,0 +1,59 @@
+package supervisor
+
+import (
+	"math"
+	"time"
+)
+
+// Backoff is a capped exponential delay with jitter: attempt n waits Initial·Multiplier^(n-1),
+// at most Max, less a random part of up to Jitter of it (so retries of many senders spread out).
+type Backoff struct {
+	Initial    time.Duration
+	Max        time.Duration
+	Multiplier float64
+	Jitter     float64 // 0 to 1
+}
+
+// Delay returns the wait before attempt n (counted from 1). rnd returns a number in [0, 1).
+func (b Backoff) Delay(n int, rnd func() float64) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	mult := b.Multiplier
+	if mult < 1 {
+		mult = 2
+	}
+	d := float64(b.Initial) * math.Pow(mult, float64(n-1))
+	if limit := float64(b.Max); b.Max > 0 && d > limit {
+		d = limit
+	}
+	if b.Jitter > 0 && rnd != nil {
+		d -= d * b.Jitter * rnd()
+	}
+	return time.Duration(d)
+}
+
+// RetryBudget throttles retries the way gRPC's retry throttling does: every failure spends a
+// token, every success earns back Ratio of one, and retries are allowed only while more than
+// half of Max tokens remain. A crash storm therefore turns retries off instead of multiplying
+// forks, while first attempts still run. The zero value is not usable; use NewRetryBudget.
+type RetryBudget struct {
+	max, ratio, tokens float64
+}
+
+// NewRetryBudget returns a full budget of max tokens that earns back ratio per success.
+func NewRetryBudget(max, ratio float64) *RetryBudget {
+	return &RetryBudget{max: max, ratio: ratio, tokens: max}
+}
+
+// Failure records a failed attempt.
+func (b *RetryBudget) Failure() { b.tokens = max(0, b.tokens-1) }
+
+// Success records a successful attempt.
+func (b *RetryBudget) Success() { b.tokens = min(b.max, b.tokens+b.ratio) }
+
+// Allow reports whether a retry may run now.
+func (b *RetryBudget) Allow() bool { return b.tokens > b.max/2 }
+
+// Tokens returns what is left of the budget.
+func (b *RetryBudget) Tokens() float64 { return b.tokens }

@@ -1,0 +1,153 @@
+package supervisor
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Reason classifies how a worker ended. Its String form is the stable text used in logs, in
+// error replies and in metrics: normal, exit(N), signal(SIGSEGV), timeout, killed,
+// spawn_failed(ENOENT), protocol.
+type Reason struct {
+	Kind   ReasonKind
+	Code   int            // exit status, for ReasonExit
+	Signal syscall.Signal // for ReasonSignal
+	Errno  syscall.Errno  // for ReasonSpawnFailed, 0 when the error had none
+}
+
+// ReasonKind is the class of a Reason.
+type ReasonKind uint8
+
+// The kinds of Reason.
+const (
+	ReasonNormal      ReasonKind = iota // replied and exited 0
+	ReasonExit                          // exited with a non-zero status
+	ReasonSignal                        // killed by a signal it did not get from relayd
+	ReasonTimeout                       // relayd stopped it at --message-timeout
+	ReasonKilled                        // relayd stopped it for another reason (shutdown)
+	ReasonSpawnFailed                   // the executable could not be started
+	ReasonProtocol                      // a missing, malformed or unexpected protocol line
+)
+
+func (r Reason) String() string {
+	switch r.Kind {
+	case ReasonNormal:
+		return "normal"
+	case ReasonExit:
+		return fmt.Sprintf("exit(%d)", r.Code)
+	case ReasonSignal:
+		return "signal(" + SignalName(r.Signal) + ")"
+	case ReasonTimeout:
+		return "timeout"
+	case ReasonKilled:
+		return "killed"
+	case ReasonSpawnFailed:
+		if r.Errno != 0 {
+			return "spawn_failed(" + unix.ErrnoName(r.Errno) + ")"
+		}
+		return "spawn_failed"
+	case ReasonProtocol:
+		return "protocol"
+	}
+	return "unknown"
+}
+
+// Abnormal reports whether a worker that ended this way failed its message.
+func (r Reason) Abnormal() bool { return r.Kind != ReasonNormal }
+
+// SignalName returns the conventional name of sig, such as SIGSEGV.
+func SignalName(sig syscall.Signal) string {
+	if n := unix.SignalName(sig); n != "" {
+		return n
+	}
+	return fmt.Sprintf("SIG%d", int(sig))
+}
+
+// Exit is the EXIT event of one worker process: everything relayd learnt about its life.
+type Exit struct {
+	PID      int
+	Job      *Job
+	Started  time.Time
+	Duration time.Duration
+
+	// ExitCode is the exit status, or -1 when the process was killed by a signal or never ran.
+	ExitCode   int
+	Signal     syscall.Signal
+	CoreDumped bool
+
+	Reason Reason
+	// Replied reports whether the worker answered its request before it ended.
+	Replied bool
+	// PeakRSS is the worker's VmHWM in bytes, read from /proc while it was alive; 0 if unknown.
+	PeakRSS int64
+	// Err says what went wrong, for spawn and protocol failures.
+	Err error
+}
+
+// Result describes the exit as a sentence, e.g. "killed by signal SIGSEGV" or "exited with status 1".
+func (e *Exit) Result() string {
+	switch {
+	case e.Reason.Kind == ReasonSpawnFailed:
+		return "could not be started: " + errString(e.Err)
+	case e.Signal != 0:
+		s := "killed by signal " + SignalName(e.Signal)
+		if e.CoreDumped {
+			s += " (core dumped)"
+		}
+		return s
+	default:
+		return fmt.Sprintf("exited with status %d", e.ExitCode)
+	}
+}
+
+// Describe explains an abnormal end for the sender, e.g. "worker 48213 killed by signal SIGSEGV".
+func (e *Exit) Describe() string {
+	switch e.Reason.Kind {
+	case ReasonSpawnFailed:
+		return "worker " + e.Result()
+	case ReasonProtocol:
+		return fmt.Sprintf("worker %d broke the protocol: %s (%s)", e.PID, errString(e.Err), e.Result())
+	case ReasonTimeout:
+		return fmt.Sprintf("worker %d did not answer in time and was stopped (%s)", e.PID, e.Result())
+	}
+	return fmt.Sprintf("worker %d %s", e.PID, e.Result())
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "unknown error"
+	}
+	return err.Error()
+}
+
+// classify fills in the exit's status fields and reason from the wait status. stopped is the
+// reason relayd itself stopped the worker for (timeout or killed), if it did; protoErr is the
+// malformed line relayd saw, if any. The first that applies wins: stopped, protocol, signal,
+// non-zero status, no reply, normal.
+func (e *Exit) classify(ws syscall.WaitStatus, stopped *Reason, protoErr error) {
+	e.ExitCode = -1
+	switch {
+	case ws.Exited():
+		e.ExitCode = ws.ExitStatus()
+	case ws.Signaled():
+		e.Signal = ws.Signal()
+		e.CoreDumped = ws.CoreDump()
+	}
+	switch {
+	case stopped != nil:
+		e.Reason = *stopped
+	case protoErr != nil:
+		e.Reason, e.Err = Reason{Kind: ReasonProtocol}, protoErr
+	case e.Signal != 0:
+		e.Reason = Reason{Kind: ReasonSignal, Signal: e.Signal}
+	case e.ExitCode != 0:
+		e.Reason = Reason{Kind: ReasonExit, Code: e.ExitCode}
+	case !e.Replied:
+		e.Reason, e.Err = Reason{Kind: ReasonProtocol}, ErrNoReply
+	default:
+		e.Reason = Reason{Kind: ReasonNormal}
+	}
+}

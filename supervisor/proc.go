@@ -1,0 +1,251 @@
+package supervisor
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// proc is one live worker process.
+type proc struct {
+	host *Host
+	cmd  *exec.Cmd
+	pid  int
+
+	stdin, stdout, stderr *os.File
+
+	deadline *time.Timer // the job's timeout, nil without one
+
+	mu       sync.Mutex
+	reaped   bool        // guarded by mu; once set, the pid and its group may belong to someone else
+	stopped  *Reason     // guarded by mu; why relayd stopped it, nil if it did not
+	killTime *time.Timer // guarded by mu; the SIGKILL that follows a SIGTERM
+}
+
+// tracked holds every live worker of every Host in this process, by pid. A sweep treats any
+// child not in it as left behind. fork holds the read lock from fork until the pid is recorded,
+// so a sweep (write lock) never sees a worker that is not yet tracked.
+var tracked struct {
+	sync.RWMutex
+	procs map[int]*proc
+}
+
+func fork(p *proc) error {
+	tracked.RLock()
+	defer tracked.RUnlock()
+	if err := p.cmd.Start(); err != nil {
+		return err
+	}
+	p.pid = p.cmd.Process.Pid
+	trackedMu.Lock()
+	if tracked.procs == nil {
+		tracked.procs = make(map[int]*proc)
+	}
+	tracked.procs[p.pid] = p
+	trackedMu.Unlock()
+	return nil
+}
+
+// trackedMu orders writers of tracked.procs among the forks that share tracked's read lock.
+var trackedMu sync.Mutex
+
+func untrack(p *proc) {
+	trackedMu.Lock()
+	if tracked.procs[p.pid] == p {
+		delete(tracked.procs, p.pid)
+	}
+	trackedMu.Unlock()
+}
+
+func trackedProcs() []*proc {
+	trackedMu.Lock()
+	defer trackedMu.Unlock()
+	ps := make([]*proc, 0, len(tracked.procs))
+	for _, p := range tracked.procs {
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// wait blocks until the worker has exited, kills whatever is left in its process group while
+// the zombie still holds the group's id, then reaps it.
+func (p *proc) wait() syscall.WaitStatus {
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, p.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	killGroup(p.pid, syscall.SIGKILL)
+	p.cmd.Wait()
+	p.reaped = true
+	if p.killTime != nil {
+		p.killTime.Stop()
+	}
+	if p.deadline != nil {
+		p.deadline.Stop()
+	}
+	untrack(p)
+	if ps := p.cmd.ProcessState; ps != nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
+			return ws
+		}
+	}
+	return 0
+}
+
+// reap waits for a worker that is being given up on; see wait.
+func (p *proc) reap() { p.wait() }
+
+// stop signals the worker's process group: SIGTERM then SIGKILL after grace, or SIGKILL at once
+// when grace is zero. The first reason given is the one its Exit reports.
+func (p *proc) stop(reason Reason, grace time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reaped {
+		return
+	}
+	if p.stopped == nil {
+		p.stopped = &reason
+	}
+	if grace <= 0 {
+		killGroup(p.pid, syscall.SIGKILL)
+		return
+	}
+	killGroup(p.pid, syscall.SIGTERM)
+	if p.killTime == nil {
+		p.killTime = time.AfterFunc(grace, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if !p.reaped {
+				killGroup(p.pid, syscall.SIGKILL)
+			}
+		})
+	}
+}
+
+// stoppedFor reports why relayd stopped the worker, if it did and not for a protocol error
+// (which classify reports with its own detail).
+func (p *proc) stoppedFor() *Reason {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped == nil || p.stopped.Kind == ReasonProtocol {
+		return nil
+	}
+	r := *p.stopped
+	return &r
+}
+
+func (p *proc) closePipes() { closeAll(p.stdin, p.stdout, p.stderr) }
+
+// killGroup signals the process group pgid. ESRCH means it is already gone.
+func killGroup(pgid int, sig syscall.Signal) {
+	if pgid > 0 {
+		unix.Kill(-pgid, sig)
+	}
+}
+
+// peakRSS returns the VmHWM of a live process in bytes, or 0.
+func peakRSS(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	_, rest, ok := bytes.Cut(b, []byte("VmHWM:"))
+	if !ok {
+		return 0
+	}
+	line, _, _ := bytes.Cut(rest, []byte("\n"))
+	kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(string(line)), "kB")), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return kb << 10
+}
+
+func (h *Host) triggerSweep() {
+	if !h.opts.Subreaper {
+		return
+	}
+	select {
+	case h.sweepc <- struct{}{}:
+	default:
+	}
+}
+
+// sweeper kills and reaps what workers leave behind: processes that outlived their worker and
+// were re-parented to this subreaper. It runs after every worker's exit and once a second.
+func (h *Host) sweeper() {
+	defer h.bg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.sweepc:
+		case <-t.C:
+		case <-h.done:
+			h.sweep()
+			return
+		}
+		h.sweep()
+	}
+}
+
+// sweep kills every child of this process that is not a tracked worker, then reaps it. Killing
+// a leftover re-parents its own children here, so it repeats until none are found.
+func (h *Host) sweep() {
+	for range 64 {
+		tracked.Lock()
+		trackedMu.Lock()
+		var left []int
+		for _, pid := range children() {
+			if _, ok := tracked.procs[pid]; !ok {
+				unix.Kill(pid, syscall.SIGKILL)
+				left = append(left, pid)
+			}
+		}
+		trackedMu.Unlock()
+		tracked.Unlock()
+		if len(left) == 0 {
+			return
+		}
+		for _, pid := range left {
+			var ws unix.WaitStatus
+			if _, err := unix.Wait4(pid, &ws, 0, nil); err == nil {
+				h.log.Info("reaped leftover process", "pid", pid)
+			}
+		}
+	}
+}
+
+// children lists the pids of this process's children, from every thread's children file.
+func children() []int {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
