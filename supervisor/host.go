@@ -276,10 +276,12 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 	if err == nil {
 		_, err = p.stdin.Write(append(req, '\n'))
 	}
-	// One message per worker: closing stdin now tells it to exit after replying.
-	p.stdin.Close()
-	if err != nil && !errors.Is(err, syscall.EPIPE) {
-		fail(fmt.Errorf("writing request: %w", err))
+	if err != nil {
+		// EPIPE means it is gone already; its exit says why.
+		p.stdin.Close()
+		if !errors.Is(err, syscall.EPIPE) {
+			fail(fmt.Errorf("writing request: %w", err))
+		}
 	}
 
 	ready := false
@@ -316,8 +318,12 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 					if job.OnReply != nil {
 						job.OnReply(p.pid, r)
 					}
+					// The worker waits for more requests until stdin closes, so it is still
+					// alive and its peak memory can be read.
 					ex.PeakRSS = peakRSS(p.pid)
 				}
+				// One message per worker: closing stdin tells it to exit.
+				p.stdin.Close()
 			}
 		case ws = <-waited:
 			waited = nil

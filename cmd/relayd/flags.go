@@ -79,7 +79,7 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	fs.StringArrayVar(&allowUIDs, "allow-uid", nil, "only let this `uid` connect (repeatable; default: anyone the socket mode lets in)")
 	fs.StringArrayVar(&allowGIDs, "allow-gid", nil, "also let peers with this primary `gid` connect (repeatable)")
 	fs.IntVar(&cfg.maxConns, "max-conns", 256, "most client connections open at once; more are answered busy and closed")
-	fs.StringVar(&cfg.worker, "worker", defaultWorker(), "worker executable `path` (default: worker beside relayd)")
+	fs.StringVar(&cfg.worker, "worker", defaultWorker(), "worker executable `path` (default: worker beside relayd, else ../libexec/relayd/worker)")
 	fs.StringArrayVar(&cfg.workerArgs, "worker-arg", nil, "argument passed to every worker (repeatable), e.g. --worker-arg=--delay=0s")
 	fs.StringArrayVar(&workerEnv, "worker-env", nil, "pass this environment variable `KEY` from relayd to workers (repeatable)")
 	fs.BoolVar(&faults, "allow-fault-injection", false, "let workers obey fault directives such as !crash (sets RELAY_FAULTS=1; for testing only)")

@@ -168,13 +168,26 @@ func version() string {
 	return "devel"
 }
 
-// defaultWorker is the worker executable beside relayd's own.
+// defaultWorker is the worker executable beside relayd's own, or, for an installed relayd,
+// the one in ../libexec/relayd/ (where make install puts it).
 func defaultWorker() string {
 	exe, err := os.Executable()
 	if err != nil {
 		return "worker"
 	}
-	return filepath.Join(filepath.Dir(exe), "worker")
+	dir := filepath.Dir(exe)
+	beside := filepath.Join(dir, "worker")
+	if _, err := os.Stat(beside); err != nil {
+		if libexec := filepath.Join(dir, "..", "libexec", "relayd", "worker"); fileExists(libexec) {
+			return filepath.Clean(libexec)
+		}
+	}
+	return beside
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 func defaultMaxWorkers() int { return 64 * runtime.NumCPU() }

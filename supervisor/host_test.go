@@ -1,0 +1,266 @@
+package supervisor
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"relayd/ipc"
+)
+
+// script writes an executable shell script that stands in for a worker with exact behaviour.
+func script(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "w.sh")
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+const readyLine = `echo '{"ready":true,"protocol":1,"pid":'$$'}'`
+
+func newHost(t *testing.T, opts Options) *Host {
+	t.Helper()
+	if opts.KillGrace == 0 {
+		opts.KillGrace = 200 * time.Millisecond
+	}
+	h, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// spawnOne runs one job and returns its Exit and the reply, if any.
+func spawnOne(t *testing.T, h *Host, job *Job) (Exit, *ipc.WorkerReply) {
+	t.Helper()
+	var mu sync.Mutex
+	var reply *ipc.WorkerReply
+	job.OnReply = func(pid int, r ipc.WorkerReply) {
+		mu.Lock()
+		reply = &r
+		mu.Unlock()
+	}
+	h.Spawn(job)
+	select {
+	case ex := <-h.Events():
+		mu.Lock()
+		defer mu.Unlock()
+		return ex, reply
+	case <-time.After(10 * time.Second):
+		t.Fatal("no EXIT event within 10s")
+	}
+	panic("unreachable")
+}
+
+func TestExitEvents(t *testing.T) {
+	tests := []struct {
+		name       string
+		path       string
+		args       []string
+		timeout    time.Duration
+		wantReason string
+		wantCode   int
+		wantSignal syscall.Signal
+		wantReply  bool
+		wantErr    error
+	}{
+		{name: "normal", path: workerBin, args: []string{"--delay=0s"}, wantReason: "normal", wantCode: 0, wantReply: true},
+		{name: "exit status", path: script(t, readyLine+"\nexit 3"), wantReason: "exit(3)", wantCode: 3},
+		{name: "signal", path: script(t, readyLine+"\nkill -SEGV $$"), wantReason: "signal(SIGSEGV)", wantCode: -1, wantSignal: syscall.SIGSEGV},
+		{name: "no reply", path: script(t, readyLine+"\nexit 0"), wantReason: "protocol", wantCode: 0, wantErr: ErrNoReply},
+		{name: "garbage ready line", path: script(t, "echo hello\nexec sleep 5"), wantReason: "protocol", wantCode: -1, wantSignal: syscall.SIGKILL},
+		{name: "wrong protocol version", path: script(t, `echo '{"ready":true,"protocol":2,"pid":1}'; read x; sleep 5`), wantReason: "protocol", wantCode: -1, wantSignal: syscall.SIGKILL},
+		{name: "reply for another id", path: script(t, readyLine+"\n"+`echo '{"id":"nope","data":"X"}'`), wantReason: "protocol", wantCode: 0},
+		{name: "timeout", path: script(t, readyLine+"\nexec sleep 30"), timeout: 100 * time.Millisecond, wantReason: "timeout", wantCode: -1, wantSignal: syscall.SIGTERM},
+		{name: "timeout ignoring SIGTERM", path: script(t, "trap '' TERM\n"+readyLine+"\nsleep 30"), timeout: 100 * time.Millisecond, wantReason: "timeout", wantCode: -1, wantSignal: syscall.SIGKILL},
+		{name: "spawn failed", path: filepath.Join(t.TempDir(), "missing"), wantReason: "spawn_failed(ENOENT)", wantCode: -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHost(t, Options{Path: tt.path, Args: tt.args})
+			ex, reply := spawnOne(t, h, &Job{ID: "7", Topic: "echo", Data: json.RawMessage(`"héllo"`), Attempt: 1, Timeout: tt.timeout})
+			if got := ex.Reason.String(); got != tt.wantReason {
+				t.Errorf("reason = %q, want %q (exit %+v, err %v)", got, tt.wantReason, ex, ex.Err)
+			}
+			if ex.ExitCode != tt.wantCode || ex.Signal != tt.wantSignal {
+				t.Errorf("exit code, signal = %d, %v; want %d, %v", ex.ExitCode, ex.Signal, tt.wantCode, tt.wantSignal)
+			}
+			if got := reply != nil; got != tt.wantReply || ex.Replied != tt.wantReply {
+				t.Errorf("replied = %v (event says %v), want %v", got, ex.Replied, tt.wantReply)
+			}
+			if tt.wantErr != nil && !errors.Is(ex.Err, tt.wantErr) {
+				t.Errorf("err = %v, want %v", ex.Err, tt.wantErr)
+			}
+			if tt.wantReason == "spawn_failed(ENOENT)" {
+				if ex.PID != 0 {
+					t.Errorf("pid = %d for a worker that never started", ex.PID)
+				}
+				return
+			}
+			if ex.PID <= 0 {
+				t.Fatalf("pid = %d", ex.PID)
+			}
+			if err := unix.Kill(ex.PID, 0); !errors.Is(err, unix.ESRCH) {
+				t.Errorf("worker %d still exists after its EXIT event (kill 0: %v)", ex.PID, err)
+			}
+			if reply != nil {
+				if got, want := string(reply.Data), `"HÉLLO"`; got != want {
+					t.Errorf("reply = %s, want %s", got, want)
+				}
+				if ex.PeakRSS <= 0 {
+					t.Errorf("peak RSS = %d, want > 0 for a worker that replied", ex.PeakRSS)
+				}
+			}
+		})
+	}
+}
+
+func TestPipelinedJobsGetDistinctWorkers(t *testing.T) {
+	h := newHost(t, Options{Path: workerBin, Args: []string{"--delay=50ms"}})
+	var mu sync.Mutex
+	replied := map[int]string{}
+	for i := range 3 {
+		h.Spawn(&Job{ID: strconv.Itoa(i), Topic: "echo", Data: json.RawMessage(`"m` + strconv.Itoa(i) + `"`), Attempt: 1,
+			OnReply: func(pid int, r ipc.WorkerReply) { mu.Lock(); replied[pid] = string(r.Data); mu.Unlock() }})
+	}
+	exited := map[int]bool{}
+	for range 3 {
+		ex := <-h.Events()
+		if ex.Reason.Kind != ReasonNormal {
+			t.Errorf("worker %d ended %s: %v", ex.PID, ex.Reason, ex.Err)
+		}
+		exited[ex.PID] = true
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(replied) != 3 || len(exited) != 3 {
+		t.Fatalf("replies from %d pids, exits of %d pids; want 3 and 3", len(replied), len(exited))
+	}
+	for pid := range replied {
+		if !exited[pid] {
+			t.Errorf("pid %d replied but has no EXIT event", pid)
+		}
+		if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
+			t.Errorf("worker %d still exists", pid)
+		}
+	}
+}
+
+// TestLeftoversAreReaped checks that what a worker leaves behind — a child in its process
+// group and a grandchild in a session of its own — is killed and reaped once it exits.
+func TestLeftoversAreReaped(t *testing.T) {
+	pids := filepath.Join(t.TempDir(), "pids")
+	body := readyLine + `
+sleep 60 & echo $! >> ` + pids + `
+setsid sleep 61 > /dev/null 2>&1 & echo $! >> ` + pids + `
+read req
+echo '{"id":"1","data":"ok"}'
+`
+	h := newHost(t, Options{Path: script(t, body), Subreaper: true})
+	ex, reply := spawnOne(t, h, &Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"x"`), Attempt: 1})
+	if reply == nil || ex.Reason.Kind != ReasonNormal {
+		t.Fatalf("exit = %s (%v), reply %v", ex.Reason, ex.Err, reply)
+	}
+	b, err := os.ReadFile(pids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := strings.Fields(string(b))
+	if len(left) != 2 {
+		t.Fatalf("script recorded %q, want two pids", left)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for _, s := range left {
+		pid, _ := strconv.Atoi(s)
+		for unix.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
+			t.Errorf("leftover %d still exists (or is an unreaped zombie) 2s after its worker exited", pid)
+		}
+	}
+}
+
+func TestStopKillsWorkers(t *testing.T) {
+	h := newHost(t, Options{Path: script(t, "trap '' TERM\n"+readyLine+"\nsleep 30"), KillGrace: 100 * time.Millisecond})
+	for i := range 3 {
+		h.Spawn(&Job{ID: strconv.Itoa(i), Topic: "echo", Data: json.RawMessage(`"x"`), Attempt: 1})
+	}
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	h.Stop(Reason{Kind: ReasonKilled}, 100*time.Millisecond)
+	for range 3 {
+		ex := <-h.Events()
+		if got, want := ex.Reason.String(), "killed"; got != want {
+			t.Errorf("reason = %q, want %q", got, want)
+		}
+		if ex.Signal != syscall.SIGKILL {
+			t.Errorf("signal = %v, want SIGKILL after the grace period (SIGTERM is ignored)", ex.Signal)
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("stopping took %v", d)
+	}
+}
+
+func TestAttemptReachesWorker(t *testing.T) {
+	h := newHost(t, Options{Path: script(t, readyLine+"\nread req\n"+`echo '{"id":"1","data":"'$RELAY_ATTEMPT'"}'`)})
+	_, reply := spawnOne(t, h, &Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"x"`), Attempt: 3})
+	if reply == nil || string(reply.Data) != `"3"` {
+		t.Fatalf("reply = %v, want data 3 from RELAY_ATTEMPT", reply)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	b := Backoff{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 2, Jitter: 0.5}
+	tests := []struct {
+		n    int
+		rnd  float64
+		want time.Duration
+	}{
+		{1, 0, 10 * time.Millisecond},
+		{2, 0, 20 * time.Millisecond},
+		{4, 0, 80 * time.Millisecond},
+		{5, 0, 100 * time.Millisecond},
+		{50, 0, 100 * time.Millisecond},
+		{2, 0.999999, 10 * time.Millisecond},
+		{3, 0.5, 30 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		got := b.Delay(tt.n, func() float64 { return tt.rnd }).Round(time.Millisecond)
+		if got != tt.want {
+			t.Errorf("Delay(%d, rnd %v) = %v, want %v", tt.n, tt.rnd, got, tt.want)
+		}
+	}
+}
+
+func TestRetryBudget(t *testing.T) {
+	b := NewRetryBudget(10, 0.1)
+	for i := range 5 {
+		if !b.Allow() {
+			t.Fatalf("retries refused after %d failures, want allowed while tokens > 5", i)
+		}
+		b.Failure()
+	}
+	if b.Allow() {
+		t.Fatalf("retries allowed with %v tokens, want refused at half the budget", b.Tokens())
+	}
+	for range 10 {
+		b.Success()
+	}
+	if !b.Allow() {
+		t.Errorf("retries still refused after 10 successes (%v tokens)", b.Tokens())
+	}
+}
