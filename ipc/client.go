@@ -128,12 +128,14 @@ func stringField(name string, v json.RawMessage) (string, *Error) {
 	return s, nil
 }
 
-// AppendFrame appends v as one JSON line to b.
+// AppendFrame appends v as one JSON line to b. HTML characters are not escaped, so an id comes
+// back exactly as it was sent.
 func AppendFrame(b []byte, v any) ([]byte, error) {
-	enc, err := json.Marshal(v)
-	if err != nil {
+	buf := bytes.NewBuffer(b)
+	enc := json.NewEncoder(buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		return b, err
 	}
-	b = append(b, enc...)
-	return append(b, '\n'), nil
+	return buf.Bytes(), nil
 }

@@ -24,6 +24,13 @@ const (
 	TopicStats = "stats"
 )
 
+// The default retry budget: retries stop after 50 net failures and stay stopped while more than
+// about one attempt in eleven fails (each success earns back a tenth of a token).
+const (
+	DefaultRetryTokens = 100
+	DefaultRetryRatio  = 0.1
+)
+
 // Config configures a Relay. Zero durations and counts mean "none" or "unlimited" only where
 // noted; relayd fills in its documented defaults.
 type Config struct {
@@ -87,7 +94,7 @@ func New(cfg Config) *Relay {
 		cfg.Rand = rand.Float64
 	}
 	if cfg.Budget == nil {
-		cfg.Budget = supervisor.NewRetryBudget(10, 0.1)
+		cfg.Budget = supervisor.NewRetryBudget(DefaultRetryTokens, DefaultRetryRatio)
 	}
 	if cfg.MaxWorkers <= 0 {
 		cfg.MaxWorkers = 1

@@ -1,0 +1,117 @@
+package ipc
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestDecodeRequest(t *testing.T) {
+	tests := []struct {
+		line     string
+		wantCode string
+		wantID   string
+		wantTo   string
+	}{
+		{line: `{"id":1,"to":"relay","topic":"echo","data":"hello"}`, wantID: "1", wantTo: "relay"},
+		{line: `{"id":"a-b","to":"relay","topic":"echo","data":"hello"}`, wantID: `"a-b"`, wantTo: "relay"},
+		{line: `  {"to":"relay","topic":"stats"}  `, wantTo: "relay"},
+		{line: `{"id":null,"to":"relay","topic":"stats"}`, wantTo: "relay"},
+		{line: `{"id":-2.5e3,"to":"relay","topic":"stats"}`, wantID: "-2.5e3", wantTo: "relay"},
+		{line: `not json`, wantCode: CodeBadRequest},
+		{line: `[1,2]`, wantCode: CodeBadRequest},
+		{line: `{"id":1,"to":"relay","topic":"echo"`, wantCode: CodeBadRequest},
+		{line: `{"id":7,"topic":"echo","data":"x"}`, wantCode: CodeBadRequest, wantID: "7"},
+		{line: `{"id":7,"to":"","topic":"echo"}`, wantCode: CodeBadRequest, wantID: "7"},
+		{line: `{"id":7,"to":"relay"}`, wantCode: CodeBadRequest, wantID: "7"},
+		{line: `{"id":7,"to":5,"topic":"echo"}`, wantCode: CodeBadRequest, wantID: "7"},
+		{line: `{"id":7,"to":"relay","topic":["echo"]}`, wantCode: CodeBadRequest, wantID: "7"},
+		{line: `{"id":{"a":1},"to":"relay","topic":"echo"}`, wantCode: CodeBadRequest},
+		{line: `{"id":true,"to":"relay","topic":"echo"}`, wantCode: CodeBadRequest},
+		{line: `{"id":"` + strings.Repeat("x", 200) + `","to":"relay","topic":"echo"}`, wantCode: CodeBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.line, func(t *testing.T) {
+			req, err := DecodeRequest([]byte(tt.line))
+			gotCode := ""
+			if err != nil {
+				gotCode = err.Code
+				if err.Message == "" {
+					t.Error("error without a message")
+				}
+			}
+			if gotCode != tt.wantCode {
+				t.Fatalf("code = %q, want %q (err %v)", gotCode, tt.wantCode, err)
+			}
+			if got := string(req.ID); got != tt.wantID {
+				t.Errorf("id = %q, want %q", got, tt.wantID)
+			}
+			if err == nil && req.To != tt.wantTo {
+				t.Errorf("to = %q, want %q", req.To, tt.wantTo)
+			}
+		})
+	}
+}
+
+func TestLineReader(t *testing.T) {
+	long := strings.Repeat("y", 40)
+	tests := []struct {
+		name  string
+		input string
+		max   int
+		want  []string // "ERR" marks ErrTooLarge
+	}{
+		{"lines", "a\nbb\n\nccc\n", 10, []string{"a", "bb", "", "ccc"}},
+		{"final line without newline", "a\nlast", 10, []string{"a", "last"}},
+		{"exactly max", "0123456789\nx\n", 10, []string{"0123456789", "x"}},
+		{"over max then recovers", "01234567890\nok\n", 10, []string{"ERR", "ok"}},
+		{"long line across buffer fills", long + "\n" + "z\n", 16, []string{"ERR", "z"}},
+		{"long final line", "a\n" + long, 16, []string{"a", "ERR"}},
+		{"line longer than buffer but within max", long + "\n", 64, []string{long}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lr := NewLineReader(strings.NewReader(tt.input), tt.max)
+			var got []string
+			for {
+				line, err := lr.ReadLine()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if errors.Is(err, ErrTooLarge) {
+					got = append(got, "ERR")
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, string(line))
+			}
+			if strings.Join(got, "|") != strings.Join(tt.want, "|") {
+				t.Errorf("lines = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestResolveSocket(t *testing.T) {
+	env := func(v string) func(string) string {
+		return func(k string) string {
+			if k == SocketEnv {
+				return v
+			}
+			return ""
+		}
+	}
+	tests := []struct{ flag, env, want string }{
+		{"/a.sock", "/b.sock", "/a.sock"},
+		{"", "/b.sock", "/b.sock"},
+		{"", "", DefaultSocket},
+	}
+	for _, tt := range tests {
+		if got := ResolveSocket(tt.flag, env(tt.env)); got != tt.want {
+			t.Errorf("ResolveSocket(%q) with RELAY_SOCKET=%q = %q, want %q", tt.flag, tt.env, got, tt.want)
+		}
+	}
+}
