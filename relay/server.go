@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,9 @@ type ServerConfig struct {
 	Authorize func(unix.Ucred) error
 	// WriteTimeout bounds writing answers to a client that does not read them.
 	WriteTimeout time.Duration
+	// FrameTimeout bounds how long a request line may stay half received. An idle connection,
+	// with no partial line, may stay open as long as it likes.
+	FrameTimeout time.Duration
 	Logger       hclog.Logger
 }
 
@@ -62,6 +66,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.FrameTimeout <= 0 {
+		cfg.FrameTimeout = 10 * time.Second
 	}
 	return &Server{cfg: cfg, log: cfg.Logger, stopping: make(chan struct{}), conns: make(map[*conn]struct{})}
 }
@@ -219,9 +226,14 @@ func (c *conn) refuse(err *ipc.Error) {
 
 // read is the connection's reader: one request line at a time, decoded and routed by name.
 func (c *conn) read() {
-	lr := ipc.NewLineReader(c.c, c.s.cfg.MaxMessageBytes)
+	fr := &frameReader{c: c}
+	lr := ipc.NewLineReader(fr, c.s.cfg.MaxMessageBytes)
 	for {
 		line, err := lr.ReadLine()
+		if fr.expired {
+			c.answerNow(nil, ipc.Errorf(ipc.CodeBadRequest, "request line still incomplete after %s; closing", c.s.cfg.FrameTimeout))
+			return
+		}
 		if errors.Is(err, ipc.ErrTooLarge) {
 			c.answerNow(nil, ipc.Errorf(ipc.CodeTooLarge, "request is longer than %d bytes", c.s.cfg.MaxMessageBytes))
 			continue
@@ -252,6 +264,37 @@ func (c *conn) read() {
 		c.pending.Add(1)
 		inbox <- NewMessage(req, c.name, c.deliver)
 	}
+}
+
+// frameReader reads from the connection with a deadline only while a request line is half
+// received, so a slow sender cannot hold the connection's buffer, while an idle connection stays.
+type frameReader struct {
+	c       *conn
+	partial bool // the last byte read was not a newline
+	expired bool // a half-received line hit FrameTimeout
+}
+
+func (r *frameReader) Read(p []byte) (int, error) {
+	var deadline time.Time
+	if r.partial {
+		deadline = time.Now().Add(r.c.s.cfg.FrameTimeout)
+	}
+	r.c.c.SetReadDeadline(deadline)
+	// StopReading closes stopping before it sets every deadline to now; checking after setting
+	// ours means it cannot be overwritten.
+	select {
+	case <-r.c.s.stopping:
+		r.c.c.SetReadDeadline(time.Now())
+	default:
+	}
+	n, err := r.c.c.Read(p)
+	if n > 0 {
+		r.partial = p[n-1] != '\n'
+	}
+	if err != nil && r.partial && !deadline.IsZero() && errors.Is(err, os.ErrDeadlineExceeded) && time.Now().After(deadline) {
+		r.expired = true
+	}
+	return n, err
 }
 
 // answerNow answers a line the reader itself can answer.

@@ -33,6 +33,7 @@ type config struct {
 	queue           int
 	maxPerClient    int
 	maxConns        int
+	frameTimeout    time.Duration
 	messageTimeout  time.Duration
 	killGrace       time.Duration
 	maxRestarts     int
@@ -79,6 +80,7 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	fs.StringArrayVar(&allowUIDs, "allow-uid", nil, "only let this `uid` connect (repeatable; default: anyone the socket mode lets in)")
 	fs.StringArrayVar(&allowGIDs, "allow-gid", nil, "also let peers with this primary `gid` connect (repeatable)")
 	fs.IntVar(&cfg.maxConns, "max-conns", 256, "most client connections open at once; more are answered busy and closed")
+	fs.DurationVar(&cfg.frameTimeout, "frame-timeout", 10*time.Second, "longest a request line may stay half received before the connection is closed (idle connections may stay)")
 	fs.StringVar(&cfg.worker, "worker", defaultWorker(), "worker executable `path` (default: worker beside relayd, else ../libexec/relayd/worker)")
 	fs.StringArrayVar(&cfg.workerArgs, "worker-arg", nil, "argument passed to every worker (repeatable), e.g. --worker-arg=--delay=0s")
 	fs.StringArrayVar(&workerEnv, "worker-env", nil, "pass this environment variable `KEY` from relayd to workers (repeatable)")
@@ -140,7 +142,7 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	if cfg.queue < 0 || cfg.maxRestarts < 0 || cfg.maxConns < 0 {
 		return nil, fmt.Errorf("--queue, --max-restarts and --max-conns must not be negative")
 	}
-	if cfg.messageTimeout < 0 || cfg.killGrace < 0 || cfg.shutdownTimeout < 0 || cfg.statsInterval < 0 {
+	if cfg.messageTimeout < 0 || cfg.killGrace < 0 || cfg.shutdownTimeout < 0 || cfg.statsInterval < 0 || cfg.frameTimeout < 0 {
 		return nil, fmt.Errorf("durations must not be negative")
 	}
 

@@ -94,6 +94,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		MaxMessageBytes: cfg.maxMessageBytes,
 		MaxPerClient:    cfg.maxPerClient,
 		MaxConns:        cfg.maxConns,
+		FrameTimeout:    cfg.frameTimeout,
 		Authorize:       cfg.authorize,
 		Logger:          log,
 	})
