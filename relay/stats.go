@@ -2,6 +2,7 @@ package relay
 
 import (
 	"maps"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,8 @@ type Stats struct {
 	Restarts       uint64            `json:"restarts"`
 	Exits          map[string]uint64 `json:"exits"`
 	UptimeSeconds  float64           `json:"uptime_seconds"`
+	// Goroutines is relayd's goroutine count, so that leaks show from outside.
+	Goroutines int `json:"goroutines"`
 }
 
 type counters struct {
@@ -56,6 +59,7 @@ func (r *Relay) Stats() Stats {
 		Restarts:       c.restarts.Load(),
 		Exits:          exits,
 		UptimeSeconds:  time.Since(c.start).Round(time.Millisecond).Seconds(),
+		Goroutines:     runtime.NumGoroutine(),
 	}
 }
 

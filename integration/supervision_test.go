@@ -1,0 +1,275 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"relayd/ipc"
+)
+
+// descendants returns the pids of every live or zombie process below pid.
+func descendants(pid int) []int {
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
+		for _, t := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", p, t.Name()))
+			for _, f := range strings.Fields(string(b)) {
+				c, _ := strconv.Atoi(f)
+				out = append(out, c)
+				queue = append(queue, c)
+			}
+		}
+	}
+	return out
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+func fdCount(pid int) int {
+	entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(entries)
+}
+
+// eventually polls cond every 20ms until it holds or d passes.
+func eventually(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+func stats(t *testing.T, socket string) map[string]any {
+	t.Helper()
+	c, err := ipc.Dial(t.Context(), socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	call, err := c.Send("relay", "stats", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	a, err := c.Wait(ctx, call)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s map[string]any
+	if err := json.Unmarshal(a.Data, &s); err != nil {
+		t.Fatalf("stats data %s: %v", a.Data, err)
+	}
+	return s
+}
+
+// TestChaos sends every fault directive, mixed with ordinary messages, from several clients at
+// once. Every request must be answered exactly once with the code its directive calls for, and
+// afterwards relayd must have no descendants, and its descriptors and goroutines must be back
+// where they started.
+func TestChaos(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	r := startRelayd(t, sock, "--allow-fault-injection", "--worker-arg=--delay=5ms",
+		"--message-timeout=1s", "--kill-grace=200ms", "--max-workers=32", "--max-restarts=2",
+		"--worker-rlimit-data=256MiB", "--stats-interval=0", "--log-level=warn")
+	pid := r.cmd.Process.Pid
+	baseFDs := fdCount(pid)
+	baseGoroutines := stats(t, sock)["goroutines"].(float64)
+
+	// Each directive with the codes it may be answered with ("" is a reply).
+	directives := []struct {
+		data  string
+		codes []string
+	}{
+		{"hello", []string{""}},
+		{"straße", []string{""}},
+		{"!crash", []string{ipc.CodeWorkerFailed}},
+		{"!exit 3", []string{ipc.CodeWorkerFailed}},
+		{"!panic", []string{ipc.CodeWorkerFailed}},
+		{"!segv", []string{ipc.CodeWorkerFailed}},
+		{"!garbage", []string{ipc.CodeWorkerFailed}},
+		{"!noreply", []string{ipc.CodeWorkerFailed}},
+		{"!hang", []string{ipc.CodeTimeout}},
+		{"!spin", []string{ipc.CodeTimeout}},
+		{"!oom", []string{ipc.CodeWorkerFailed, ipc.CodeTimeout}},
+		{"!sleep 20ms", []string{""}},
+		{"!fork", []string{""}},
+		{"!stderr 5", []string{""}},
+		{"!env", []string{""}},
+		{"!fds", []string{""}},
+		{"!rlimits", []string{""}},
+		// A crash storm may pause retries; then a flaky message fails instead.
+		{"!flaky 1", []string{"", ipc.CodeWorkerFailed}},
+	}
+	const clients, rounds = 4, 3
+	start := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	counts := map[string]int{}
+	for c := range clients {
+		wg.Go(func() {
+			conn, err := ipc.Dial(t.Context(), sock)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			type sent struct {
+				call *ipc.Call
+				i    int
+			}
+			var calls []sent
+			for round := range rounds {
+				for k := range directives {
+					i := (k + c + round) % len(directives)
+					call, err := conn.Send("relay", "echo", directives[i].data)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					calls = append(calls, sent{call, i})
+				}
+			}
+			conn.CloseWrite()
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			for _, s := range calls {
+				a, err := conn.Wait(ctx, s.call)
+				if err != nil {
+					t.Errorf("client %d, %q: %v", c, directives[s.i].data, err)
+					continue
+				}
+				got := ""
+				if a.Error != nil {
+					got = a.Error.Code
+				}
+				if !slices.Contains(directives[s.i].codes, got) {
+					t.Errorf("client %d, %q: answered %s, want code in %q", c, directives[s.i].data, a.Raw, directives[s.i].codes)
+				}
+				mu.Lock()
+				counts[got]++
+				mu.Unlock()
+			}
+			// Every request has had its answer; nothing more may come before relayd closes.
+			<-conn.Done()
+			if err := conn.Err(); !errors.Is(err, ipc.ErrClosed) {
+				t.Errorf("client %d: connection ended with %v", c, err)
+			}
+		})
+	}
+	wg.Wait()
+	total := clients * rounds * len(directives)
+	t.Logf("chaos: %d messages from %d clients (%d directives) answered in %v: %v", total, clients, len(directives), time.Since(start).Round(time.Millisecond), counts)
+
+	if !eventually(3*time.Second, func() bool { return len(descendants(pid)) == 0 }) {
+		t.Errorf("relayd still has descendants: %v", descendants(pid))
+	}
+	if !eventually(3*time.Second, func() bool { return fdCount(pid) <= baseFDs }) {
+		t.Errorf("relayd has %d descriptors, %d before the chaos", fdCount(pid), baseFDs)
+	}
+	var g float64
+	if !eventually(3*time.Second, func() bool { g = stats(t, sock)["goroutines"].(float64); return g <= baseGoroutines }) {
+		t.Errorf("relayd has %v goroutines, %v before the chaos", g, baseGoroutines)
+	}
+}
+
+// TestSIGKILLLeavesNoWorkers kills relayd with 20 workers running: Pdeathsig takes them down
+// with it.
+func TestSIGKILLLeavesNoWorkers(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	r := startRelayd(t, sock, "--allow-fault-injection", "--worker-arg=--delay=0s", "--max-workers=32", "--message-timeout=1m")
+	c, err := ipc.Dial(t.Context(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 20 {
+		if _, err := c.Send("relay", "echo", "!sleep 60s"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pid := r.cmd.Process.Pid
+	var workers []int
+	if !eventually(10*time.Second, func() bool { workers = descendants(pid); return len(workers) >= 20 }) {
+		t.Fatalf("relayd has %d descendants, want 20 workers", len(workers))
+	}
+	r.once.Do(func() {}) // It will not exit 0: skip the SIGTERM check at cleanup.
+	if err := r.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-r.exited
+	killed := time.Now()
+	if !eventually(time.Second, func() bool { return !slices.ContainsFunc(workers, alive) }) {
+		t.Errorf("workers alive 1s after relayd was killed: %v", slices.DeleteFunc(workers, func(p int) bool { return !alive(p) }))
+	}
+	t.Logf("all %d workers gone %v after SIGKILL of relayd", len(workers), time.Since(killed).Round(time.Millisecond))
+	os.Remove(sock)
+}
+
+// TestSIGTERMAnswersInFlight stops relayd while messages run and wait: running ones get their
+// replies, queued ones shutting_down, relayd exits 0 and removes its socket.
+func TestSIGTERMAnswersInFlight(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	r := startRelayd(t, sock, "--worker-arg=--delay=500ms", "--max-workers=4")
+	c, err := ipc.Dial(t.Context(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var calls []*ipc.Call
+	for i := range 10 {
+		call, err := c.Send("relay", "echo", fmt.Sprintf("m%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls = append(calls, call)
+	}
+	if !eventually(5*time.Second, func() bool { return len(descendants(r.cmd.Process.Pid)) >= 4 }) {
+		t.Fatal("workers did not start")
+	}
+	r.stop(t) // SIGTERM; requires exit 0 and the socket removed.
+	replies, down := 0, 0
+	for i, call := range calls {
+		a, err := c.Wait(t.Context(), call)
+		switch {
+		case err != nil:
+			t.Errorf("m%d: %v", i, err)
+		case a.Error != nil && a.Error.Code == ipc.CodeShuttingDown:
+			down++
+		case a.Error == nil && string(a.Data) == strconv.Quote(fmt.Sprintf("M%d", i)):
+			replies++
+		default:
+			t.Errorf("m%d: answered %s", i, a.Raw)
+		}
+	}
+	if replies != 4 || down != 6 {
+		t.Errorf("%d replies and %d shutting_down, want 4 (running) and 6 (queued)", replies, down)
+	}
+}
