@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -217,11 +218,15 @@ func peerCred(uc *net.UnixConn) (unix.Ucred, error) {
 	return *cred, nil
 }
 
-// refuse answers a connection that may not talk to relayd with one error and closes it.
+// refuse answers a connection that may not talk to relayd with one error and closes it. It
+// reads what the client sends for a moment first, so that the client's first request is
+// written without error and the client reads the refusal rather than a broken pipe.
 func (c *conn) refuse(err *ipc.Error) {
 	c.slots <- struct{}{}
 	c.pending.Add(1)
 	c.deliver(ipc.ErrorReply(nil, err))
+	c.c.SetReadDeadline(time.Now().Add(time.Second))
+	io.Copy(io.Discard, io.LimitReader(c.c, 64<<10))
 }
 
 // read is the connection's reader: one request line at a time, decoded and routed by name.

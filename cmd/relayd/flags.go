@@ -235,6 +235,10 @@ func workerCredential(userName, groupName string) (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("--worker-user needs relayd to run as root (it runs as uid %d)", os.Geteuid())
 	}
+	if !hasCapability(unix.CAP_SYS_RESOURCE) {
+		// Setting limits on another user's process (prlimit) needs CAP_SYS_RESOURCE.
+		return nil, fmt.Errorf("--worker-user needs CAP_SYS_RESOURCE to set the workers' resource limits; add it to the capability bounding set")
+	}
 	u, err := user.Lookup(userName)
 	if err != nil {
 		return nil, fmt.Errorf("--worker-user: %w", err)
@@ -284,4 +288,14 @@ func authorizer(uids, gids []string) (func(unix.Ucred) error, error) {
 		}
 		return fmt.Errorf("uid %d is not allowed to use this relay", c.Uid)
 	}, nil
+}
+
+// hasCapability reports whether capability c is in relayd's effective set.
+func hasCapability(c int) bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
 }
