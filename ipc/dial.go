@@ -14,7 +14,7 @@ import (
 )
 
 // ErrClosed reports that the connection to relayd ended before a request was answered.
-var ErrClosed = errors.New("connection to relay closed")
+var ErrClosed = errors.New("connection closed")
 
 // MaxReplyBytes bounds one reply line read by a Client. Replies to oversized requests are
 // refused by relayd long before this, and uppercasing can grow a message only a little.

@@ -235,39 +235,36 @@ func (r *Relay) spawn(m *Message) {
 	})
 }
 
-// exited handles a worker's EXIT event: log it, then answer, retry or leave its message.
-func (r *Relay) exited(ex supervisor.Exit) {
+// exited handles an event of the host: a worker's EXIT is logged; a job's end answers,
+// retries or leaves its message.
+func (r *Relay) exited(ev supervisor.Event) {
+	if ex := ev.Exit; ex != nil {
+		r.logExit(ex, ev.Job)
+		if ex.Reason.Kind == supervisor.ReasonSpawnFailed {
+			r.spawnFailed(ex)
+		} else if r.unavailable {
+			r.unavailable = false
+			r.log.Info("workers can be started again", "after_failures", r.probeFails)
+			r.probeFails = 0
+		}
+	}
+	if ev.Job == nil {
+		return // A spare ended before it had a message.
+	}
 	r.running--
-	m := ex.Job.Tag.(*Message)
-	reason := ex.Reason.String()
-	r.stats.exit(reason)
-	fields := []any{"from", ex.PID, "result", ex.Result(), "reason", reason,
-		"duration", ex.Duration.Round(time.Microsecond), "attempt", ex.Job.Attempt}
-	if ex.PeakRSS > 0 {
-		fields = append(fields, "peak_rss", ex.PeakRSS)
-	}
-	if ex.Reason.Abnormal() {
-		if ex.Err != nil {
-			fields = append(fields, "error", ex.Err.Error())
-		}
-		r.log.Warn("worker exited", fields...)
-		if ex.Reason.Kind != supervisor.ReasonKilled {
-			r.cfg.Budget.Failure()
-		}
-	} else {
-		r.log.Info("worker exited", fields...)
+	m := ev.Job.Tag.(*Message)
+	ex := ev.Exit
+	switch {
+	case ev.Replied || ex == nil:
 		r.cfg.Budget.Success()
+	case ex.Reason.Kind != supervisor.ReasonKilled:
+		r.cfg.Budget.Failure()
 	}
-	if ex.Reason.Kind == supervisor.ReasonSpawnFailed {
-		r.spawnFailed(ex)
-	} else if r.unavailable {
-		r.unavailable = false
-		r.log.Info("workers can be started again", "after_failures", r.probeFails)
-		r.probeFails = 0
-	}
-
 	switch {
 	case m.Answered():
+	case ex == nil:
+		// Cannot happen: a worker that lives on has replied. Answer rather than lose it.
+		m.Fail(ipc.Errorf(ipc.CodeInternal, "worker %d ended the job without a reply", ev.PID))
 	case ex.Reason.Kind == supervisor.ReasonSpawnFailed:
 		m.Fail(ipc.Errorf(ipc.CodeUnavailable, "%s", ex.Describe()))
 	case ex.Reason.Kind == supervisor.ReasonTimeout:
@@ -288,9 +285,34 @@ func (r *Relay) exited(ex supervisor.Exit) {
 	r.pump()
 }
 
+// logExit logs a worker's EXIT event, as the tutorial's relay does.
+func (r *Relay) logExit(ex *supervisor.Exit, job *supervisor.Job) {
+	reason := ex.Reason.String()
+	r.stats.exit(reason)
+	fields := []any{"from", ex.PID, "result", ex.Result(), "reason", reason,
+		"duration", ex.Duration.Round(time.Microsecond)}
+	if job != nil {
+		fields = append(fields, "attempt", job.Attempt)
+	}
+	if ex.Served > 1 {
+		fields = append(fields, "served", ex.Served)
+	}
+	if ex.PeakRSS > 0 {
+		fields = append(fields, "peak_rss", ex.PeakRSS)
+	}
+	if !ex.Reason.Abnormal() {
+		r.log.Info("worker exited", fields...)
+		return
+	}
+	if ex.Err != nil {
+		fields = append(fields, "error", ex.Err.Error())
+	}
+	r.log.Warn("worker exited", fields...)
+}
+
 // spawnFailed enters or extends the unavailable state: until probeAt, messages are answered
 // unavailable without trying; the state is logged when it begins, not per message.
-func (r *Relay) spawnFailed(ex supervisor.Exit) {
+func (r *Relay) spawnFailed(ex *supervisor.Exit) {
 	r.probeFails++
 	delay := r.cfg.ProbeBackoff.Delay(r.probeFails, r.cfg.Rand)
 	r.probeAt = time.Now().Add(delay)

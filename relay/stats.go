@@ -14,6 +14,7 @@ type Stats struct {
 	WorkersSpawned uint64            `json:"workers_spawned"`
 	InFlight       int64             `json:"in_flight"`
 	Queued         int64             `json:"queued"`
+	SparesReady    int               `json:"spares_ready"`
 	Restarts       uint64            `json:"restarts"`
 	Exits          map[string]uint64 `json:"exits"`
 	UptimeSeconds  float64           `json:"uptime_seconds"`
@@ -56,6 +57,7 @@ func (r *Relay) Stats() Stats {
 		WorkersSpawned: r.cfg.Host.Spawned(),
 		InFlight:       c.inFlight.Load(),
 		Queued:         c.queued.Load(),
+		SparesReady:    r.cfg.Host.Idle(),
 		Restarts:       c.restarts.Load(),
 		Exits:          exits,
 		UptimeSeconds:  time.Since(c.start).Round(time.Millisecond).Seconds(),

@@ -69,7 +69,6 @@ func SignalName(sig syscall.Signal) string {
 // Exit is the EXIT event of one worker process: everything relayd learnt about its life.
 type Exit struct {
 	PID      int
-	Job      *Job
 	Started  time.Time
 	Duration time.Duration
 
@@ -79,8 +78,10 @@ type Exit struct {
 	CoreDumped bool
 
 	Reason Reason
-	// Replied reports whether the worker answered its request before it ended.
+	// Replied reports whether the worker answered the request it had when it ended.
 	Replied bool
+	// Served counts the requests it answered.
+	Served int
 	// PeakRSS is the worker's VmHWM in bytes, read from /proc while it was alive; 0 if unknown.
 	PeakRSS int64
 	// Err says what went wrong, for spawn and protocol failures.
@@ -145,7 +146,7 @@ func (e *Exit) classify(ws syscall.WaitStatus, stopped *Reason, protoErr error) 
 		e.Reason = Reason{Kind: ReasonSignal, Signal: e.Signal}
 	case e.ExitCode != 0:
 		e.Reason = Reason{Kind: ReasonExit, Code: e.ExitCode}
-	case !e.Replied:
+	case !e.Replied && e.Served == 0:
 		e.Reason, e.Err = Reason{Kind: ReasonProtocol}, ErrNoReply
 	default:
 		e.Reason = Reason{Kind: ReasonNormal}

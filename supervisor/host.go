@@ -46,7 +46,15 @@ type Options struct {
 	// Subreaper makes the calling process a child subreaper and kills and reaps every process a
 	// worker leaves behind. Only one Host per process should set it.
 	Subreaper bool
-	Logger    hclog.Logger
+	// Spares is how many ready workers to keep waiting for a message, so that a message does
+	// not wait for a fork. A spare serves first attempts only; retries get a fresh worker.
+	Spares int
+	// MaxRequests is how many messages one worker serves before it is replaced (PHP-FPM's
+	// pm.max_requests); MaxIdle bounds how many such workers wait for more. Default 1: a fresh
+	// worker per message.
+	MaxRequests int
+	MaxIdle     int
+	Logger      hclog.Logger
 }
 
 // Job is one request for a worker process.
@@ -55,27 +63,45 @@ type Job struct {
 	Topic   string
 	Data    json.RawMessage
 	Attempt int
-	// Timeout bounds the worker's life; at expiry it is stopped with ReasonTimeout. Zero: none.
+	// Timeout bounds the job; at expiry its worker is stopped with ReasonTimeout. Zero: none.
 	Timeout time.Duration
 	// OnReply is called once, from the worker's monitor goroutine, when the worker answers.
 	OnReply func(pid int, reply ipc.WorkerReply)
-	// Tag is the caller's own; the Job comes back in the Exit event.
+	// Tag is the caller's own; the Job comes back in its Event.
 	Tag any
 }
 
+// Event reports the end of a job, the end of a worker process, or both at once (the usual
+// case: one job per worker).
+type Event struct {
+	PID int
+	// Job is the job that ended; nil when a worker ended with no job (a spare).
+	Job *Job
+	// Replied reports that Job got its reply.
+	Replied bool
+	// Exit is the worker's EXIT; nil when the worker lives on to serve another job.
+	Exit *Exit
+}
+
 // Host owns worker processes: it starts them, talks the worker protocol with them, and reports
-// each one's end as an Exit on Events. It is the tutorial's "processes" host.
+// each job's and each process's end as an Event. It is the tutorial's "processes" host.
 type Host struct {
 	opts    Options
 	log     hclog.Logger
-	events  chan Exit
+	events  chan Event
 	spawnq  chan spawnRequest
 	sweepc  chan struct{}
+	refillc chan struct{}
 	done    chan struct{}
-	workers sync.WaitGroup // one monitor per worker process
-	bg      sync.WaitGroup // spawner threads and the sweeper
-	spawned atomic.Uint64
-	closed  atomic.Bool
+	// idle holds workers that are ready and have no job: spares, and workers that may serve
+	// more requests (MaxRequests > 1).
+	idle     chan *proc
+	starting atomic.Int64 // spares forked and not yet ready (or dead)
+	workers  sync.WaitGroup
+	bg       sync.WaitGroup // spawner threads, the sweeper and the spare refiller
+	spawned  atomic.Uint64
+	mu       sync.Mutex  // orders the refiller's forks before Close's wait
+	closed   atomic.Bool // set under mu
 }
 
 // New starts a Host. Close releases it.
@@ -92,18 +118,27 @@ func New(opts Options) (*Host, error) {
 	if opts.StderrLineBytes <= 0 {
 		opts.StderrLineBytes = 4 << 10
 	}
+	if opts.MaxRequests < 1 {
+		opts.MaxRequests = 1
+	}
 	if opts.Subreaper {
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 			return nil, fmt.Errorf("becoming a child subreaper: %w", err)
 		}
 	}
+	idle := opts.Spares
+	if opts.MaxRequests > 1 {
+		idle += max(opts.MaxIdle, 1)
+	}
 	h := &Host{
-		opts:   opts,
-		log:    opts.Logger,
-		events: make(chan Exit, 1024),
-		spawnq: make(chan spawnRequest),
-		sweepc: make(chan struct{}, 1),
-		done:   make(chan struct{}),
+		opts:    opts,
+		log:     opts.Logger,
+		events:  make(chan Event, 1024),
+		spawnq:  make(chan spawnRequest),
+		sweepc:  make(chan struct{}, 1),
+		refillc: make(chan struct{}, 1),
+		done:    make(chan struct{}),
+		idle:    make(chan *proc, idle),
 	}
 	// Pdeathsig fires when the thread that forked the child ends, not the process, so workers
 	// are forked only from threads that live as long as the Host.
@@ -116,24 +151,52 @@ func New(opts Options) (*Host, error) {
 		h.bg.Add(1)
 		go h.sweeper()
 	}
+	if opts.Spares > 0 {
+		h.bg.Add(1)
+		go h.refiller()
+		h.refill()
+	}
 	return h, nil
 }
 
 // Name is the host's name, shown in replies as the worker's host.
 func (h *Host) Name() string { return h.opts.Name }
 
-// Events delivers one Exit per spawned job, in the order the workers ended. The owner must keep
-// receiving until every job it spawned has been reported.
-func (h *Host) Events() <-chan Exit { return h.events }
+// Events delivers one Event per job and per worker process. The owner must keep receiving
+// until every job it spawned has been reported.
+func (h *Host) Events() <-chan Event { return h.events }
 
 // Spawned counts worker processes started so far.
 func (h *Host) Spawned() uint64 { return h.spawned.Load() }
 
-// Spawn starts a monitored worker for job and returns at once; the worker's end arrives as an
-// Exit on Events, also when it could not be started.
+// Idle counts workers that are ready and wait for a job (spares included).
+func (h *Host) Idle() int { return len(h.idle) }
+
+// Spawn hands job to a worker and returns at once: to an idle one that is ready (a spare, or
+// one that may serve more requests) if there is one and this is a first attempt, else to a
+// freshly forked one. The job's end arrives as an Event, also when no worker could be started.
 func (h *Host) Spawn(job *Job) {
+	if job.Attempt <= 1 {
+		for {
+			var p *proc
+			select {
+			case p = <-h.idle:
+			default:
+			}
+			if p == nil {
+				break
+			}
+			if p.spare {
+				p.spare = false
+				h.refill()
+			}
+			if p.assign(job) {
+				return
+			}
+		}
+	}
 	h.workers.Add(1)
-	go h.run(job)
+	go h.life(job, false)
 }
 
 // Stop stops every live worker with reason: SIGTERM to its process group, then SIGKILL after
@@ -149,9 +212,13 @@ func (h *Host) Stop(reason Reason, grace time.Duration) {
 // Close kills any worker still alive, waits for every monitor, spawner and sweeper goroutine to
 // end, and reaps what the workers left behind. Events not yet received are discarded.
 func (h *Host) Close() error {
-	if !h.closed.CompareAndSwap(false, true) {
+	h.mu.Lock()
+	if h.closed.Load() {
+		h.mu.Unlock()
 		return nil
 	}
+	h.closed.Store(true)
+	h.mu.Unlock()
 	h.Stop(Reason{Kind: ReasonKilled}, 0)
 	drained := make(chan struct{})
 	go func() {
@@ -171,41 +238,84 @@ func (h *Host) Close() error {
 	return nil
 }
 
-// run is the life of one worker: start it, monitor it, report its Exit.
-func (h *Host) run(job *Job) {
+// refill asks the refiller to top up the spares.
+func (h *Host) refill() {
+	select {
+	case h.refillc <- struct{}{}:
+	default:
+	}
+}
+
+// refiller keeps Spares workers ready, forking the missing ones concurrently (the spawner
+// threads bound how many fork at once).
+func (h *Host) refiller() {
+	defer h.bg.Done()
+	for {
+		select {
+		case <-h.done:
+			return
+		case <-h.refillc:
+		}
+		h.mu.Lock()
+		for missing := h.opts.Spares - len(h.idle) - int(h.starting.Load()); missing > 0 && !h.closed.Load(); missing-- {
+			h.starting.Add(1)
+			h.workers.Add(1)
+			go h.life(nil, true)
+		}
+		h.mu.Unlock()
+	}
+}
+
+// life is the life of one worker process: start it, give it its jobs, report their ends and
+// its EXIT. job is its first job; a spare starts without one.
+func (h *Host) life(job *Job, spare bool) {
 	defer h.workers.Done()
-	ex := Exit{Job: job, Started: time.Now(), ExitCode: -1}
-	p, err := h.start(job)
+	ex := &Exit{Started: time.Now(), ExitCode: -1}
+	attempt := 1
+	if job != nil {
+		attempt = job.Attempt
+	}
+	p, err := h.start(attempt)
 	if err != nil {
+		if spare {
+			h.starting.Add(-1)
+		}
 		ex.Reason = Reason{Kind: ReasonSpawnFailed, Errno: errnoOf(err)}
 		ex.Err = err
 		if p != nil {
 			ex.PID = p.pid
 			p.stop(ex.Reason, 0)
-			p.reap()
+			p.wait()
 			p.closePipes()
 		}
 		ex.Duration = time.Since(ex.Started)
-		h.events <- ex
+		if spare {
+			h.log.Warn("starting a spare worker", "error", err)
+		}
+		h.events <- Event{PID: ex.PID, Job: job, Exit: ex}
 		return
 	}
+	p.spare, p.unready = spare, spare
 	ex.PID = p.pid
-	h.monitor(p, job, &ex)
-	ex.Duration = time.Since(ex.Started)
-	h.events <- ex
+	h.monitor(p, job, ex)
+	if p.unready {
+		h.starting.Add(-1) // It died before it was ready.
+	}
+	if spare && h.opts.Spares > 0 {
+		h.refill()
+	}
 }
 
-// start forks the worker, applies its limits and writes its request. The request is written
-// before the ready line arrives, which saves a round trip; the ready line is still checked.
-func (h *Host) start(job *Job) (*proc, error) {
+// start forks a worker and applies its limits.
+func (h *Host) start(attempt int) (*proc, error) {
 	cmd := exec.Command(h.opts.Path, h.opts.Args...)
-	cmd.Env = append(slices.Clip(h.opts.Env), "RELAY_ATTEMPT="+strconv.Itoa(job.Attempt))
+	cmd.Env = append(slices.Clip(h.opts.Env), "RELAY_ATTEMPT="+strconv.Itoa(attempt))
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:    true,
 		Pdeathsig:  syscall.SIGKILL,
 		Credential: h.opts.Credential,
 	}
-	p := &proc{host: h, cmd: cmd}
+	p := &proc{host: h, cmd: cmd, jobs: make(chan *Job, 1)}
 	var child [3]*os.File
 	var err error
 	if child[0], p.stdin, err = os.Pipe(); err != nil {
@@ -232,9 +342,6 @@ func (h *Host) start(job *Job) (*proc, error) {
 	if err := applyLimits(p.pid, h.opts.Limits); err != nil {
 		return p, fmt.Errorf("limiting worker %d: %w", p.pid, err)
 	}
-	if job.Timeout > 0 {
-		p.deadline = time.AfterFunc(job.Timeout, func() { p.stop(Reason{Kind: ReasonTimeout}, h.opts.KillGrace) })
-	}
 	return p, nil
 }
 
@@ -254,8 +361,10 @@ func (h *Host) spawner() {
 	// The thread ends with this goroutine, and its workers are gone by now.
 }
 
-// monitor talks the protocol with a started worker and watches it until it has exited and its
-// output is drained.
+// monitor talks the protocol with a started worker: it writes each job's request (the first
+// one at once, before the ready line arrives, which saves a round trip; the ready line is still
+// checked), hands each reply to its job, and watches the worker until it has exited and its
+// output is drained. It reports every job's end and finally the worker's EXIT.
 func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 	var aux sync.WaitGroup
 	lines := make(chan lineOrErr, 4)
@@ -272,19 +381,26 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 			p.stop(Reason{Kind: ReasonProtocol}, 0)
 		}
 	}
-	req, err := json.Marshal(ipc.WorkerRequest{ID: job.ID, Topic: job.Topic, Data: job.Data})
-	if err == nil {
-		_, err = p.stdin.Write(append(req, '\n'))
-	}
-	if err != nil {
+	cur, replied := job, false
+	send := func(j *Job) {
+		if j.Timeout > 0 {
+			p.setDeadline(j.Timeout)
+		}
+		req, err := json.Marshal(ipc.WorkerRequest{ID: j.ID, Topic: j.Topic, Data: j.Data})
+		if err == nil {
+			_, err = p.stdin.Write(append(req, '\n'))
+		}
 		// EPIPE means it is gone already; its exit says why.
-		p.stdin.Close()
-		if !errors.Is(err, syscall.EPIPE) {
+		if err != nil && !errors.Is(err, syscall.EPIPE) {
 			fail(fmt.Errorf("writing request: %w", err))
 		}
 	}
+	if cur != nil {
+		send(cur)
+	}
 
 	ready := false
+	jobs := p.jobs
 	var ws syscall.WaitStatus
 	var drain <-chan time.Time
 	for lines != nil || waited != nil {
@@ -305,28 +421,49 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 					fail(fmt.Errorf("worker speaks protocol %d, want %d", r.Protocol, ipc.ProtocolVersion))
 				}
 				ready = true
-			case ex.Replied:
-				fail(fmt.Errorf("unexpected line after the reply: %q", clip(l.line, 80)))
+				if p.unready {
+					p.unready = false
+					h.starting.Add(-1)
+				}
+				if cur == nil && protoErr == nil && !h.putIdle(p) {
+					p.stdin.Close() // No room for another idle worker: retire it.
+				}
+			case cur == nil || replied:
+				fail(fmt.Errorf("unexpected line: %q", clip(l.line, 80)))
 			default:
 				var r ipc.WorkerReply
 				if err := json.Unmarshal(l.line, &r); err != nil {
 					fail(fmt.Errorf("want a reply line, got %q", clip(l.line, 80)))
-				} else if r.ID != job.ID {
-					fail(fmt.Errorf("reply for id %q, want %q", r.ID, job.ID))
-				} else if protoErr == nil {
-					ex.Replied = true
-					if job.OnReply != nil {
-						job.OnReply(p.pid, r)
-					}
-					// The worker waits for more requests until stdin closes, so it is still
-					// alive and its peak memory can be read.
-					ex.PeakRSS = peakRSS(p.pid)
+					break
+				} else if r.ID != cur.ID {
+					fail(fmt.Errorf("reply for id %q, want %q", r.ID, cur.ID))
+					break
 				}
-				// One message per worker: closing stdin tells it to exit.
+				if protoErr != nil {
+					break
+				}
+				p.setDeadline(0)
+				replied = true
+				ex.Served++
+				if cur.OnReply != nil {
+					cur.OnReply(p.pid, r)
+				}
+				if ex.Served < h.opts.MaxRequests && h.putIdle(p) {
+					h.events <- Event{PID: p.pid, Job: cur, Replied: true}
+					cur, replied = nil, false
+					break
+				}
+				// The worker waits for more requests until stdin closes, so it is still
+				// alive and its peak memory can be read.
+				ex.PeakRSS = peakRSS(p.pid)
 				p.stdin.Close()
 			}
+		case j := <-jobs:
+			cur, replied = j, false
+			send(j)
 		case ws = <-waited:
 			waited = nil
+			jobs = nil
 			if lines != nil {
 				drain = time.After(max(h.opts.KillGrace, 100*time.Millisecond))
 			}
@@ -335,9 +472,29 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 			p.stdout.Close()
 		}
 	}
+	// A job handed over as the worker died is reported with the worker's EXIT.
+	if j := p.retire(); j != nil && cur == nil {
+		cur, replied = j, false
+	}
 	p.closePipes()
 	aux.Wait()
+	ex.Replied = replied
 	ex.classify(ws, p.stoppedFor(), protoErr)
+	ex.Duration = time.Since(ex.Started)
+	h.events <- Event{PID: p.pid, Job: cur, Replied: replied, Exit: ex}
+}
+
+// putIdle offers a ready worker without a job to Spawn, and reports whether there was room.
+func (h *Host) putIdle(p *proc) bool {
+	if h.closed.Load() {
+		return false
+	}
+	select {
+	case h.idle <- p:
+		return true
+	default:
+		return false
+	}
 }
 
 type lineOrErr struct {

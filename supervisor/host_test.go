@@ -54,10 +54,13 @@ func spawnOne(t *testing.T, h *Host, job *Job) (Exit, *ipc.WorkerReply) {
 	}
 	h.Spawn(job)
 	select {
-	case ex := <-h.Events():
+	case ev := <-h.Events():
 		mu.Lock()
 		defer mu.Unlock()
-		return ex, reply
+		if ev.Exit == nil {
+			t.Fatalf("event without an EXIT: %+v", ev)
+		}
+		return *ev.Exit, reply
 	case <-time.After(10 * time.Second):
 		t.Fatal("no EXIT event within 10s")
 	}
@@ -82,7 +85,7 @@ func TestExitEvents(t *testing.T) {
 		{name: "no reply", path: script(t, readyLine+"\nexit 0"), wantReason: "protocol", wantCode: 0, wantErr: ErrNoReply},
 		{name: "garbage ready line", path: script(t, "echo hello\nexec sleep 5"), wantReason: "protocol", wantCode: -1, wantSignal: syscall.SIGKILL},
 		{name: "wrong protocol version", path: script(t, `echo '{"ready":true,"protocol":2,"pid":1}'; read x; sleep 5`), wantReason: "protocol", wantCode: -1, wantSignal: syscall.SIGKILL},
-		{name: "reply for another id", path: script(t, readyLine+"\n"+`echo '{"id":"nope","data":"X"}'`), wantReason: "protocol", wantCode: 0},
+		{name: "reply for another id", path: script(t, readyLine+"\n"+`echo '{"id":"nope","data":"X"}'`+"\nexec sleep 5"), wantReason: "protocol", wantCode: -1, wantSignal: syscall.SIGKILL},
 		{name: "timeout", path: script(t, readyLine+"\nexec sleep 30"), timeout: 100 * time.Millisecond, wantReason: "timeout", wantCode: -1, wantSignal: syscall.SIGTERM},
 		{name: "timeout ignoring SIGTERM", path: script(t, "trap '' TERM\n"+readyLine+"\nsleep 30"), timeout: 100 * time.Millisecond, wantReason: "timeout", wantCode: -1, wantSignal: syscall.SIGKILL},
 		{name: "spawn failed", path: filepath.Join(t.TempDir(), "missing"), wantReason: "spawn_failed(ENOENT)", wantCode: -1},
@@ -137,7 +140,7 @@ func TestPipelinedJobsGetDistinctWorkers(t *testing.T) {
 	}
 	exited := map[int]bool{}
 	for range 3 {
-		ex := <-h.Events()
+		ex := (<-h.Events()).Exit
 		if ex.Reason.Kind != ReasonNormal {
 			t.Errorf("worker %d ended %s: %v", ex.PID, ex.Reason, ex.Err)
 		}
@@ -202,7 +205,7 @@ func TestStopKillsWorkers(t *testing.T) {
 	start := time.Now()
 	h.Stop(Reason{Kind: ReasonKilled}, 100*time.Millisecond)
 	for range 3 {
-		ex := <-h.Events()
+		ex := (<-h.Events()).Exit
 		if got, want := ex.Reason.String(), "killed"; got != want {
 			t.Errorf("reason = %q, want %q", got, want)
 		}
@@ -262,5 +265,79 @@ func TestRetryBudget(t *testing.T) {
 	}
 	if !b.Allow() {
 		t.Errorf("retries still refused after 10 successes (%v tokens)", b.Tokens())
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestSpares(t *testing.T) {
+	h := newHost(t, Options{Path: workerBin, Args: []string{"--delay=0s"}, Spares: 2})
+	waitFor(t, "two spares", func() bool { return h.Idle() == 2 })
+	if got := h.Spawned(); got != 2 {
+		t.Fatalf("spawned %d before any job, want the 2 spares", got)
+	}
+	ex, reply := spawnOne(t, h, &Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"spare"`), Attempt: 1})
+	if reply == nil || ex.Reason.Kind != ReasonNormal {
+		t.Fatalf("job on a spare: %s, %v", ex.Reason, ex.Err)
+	}
+	waitFor(t, "the spare to be replaced", func() bool { return h.Idle() == 2 && h.Spawned() == 3 })
+
+	// A retry never goes to a spare: its worker must see RELAY_ATTEMPT=2.
+	before := h.Spawned()
+	spawnOne(t, h, &Job{ID: "2", Topic: "echo", Data: json.RawMessage(`"retry"`), Attempt: 2})
+	if got := h.Spawned(); got != before+1 {
+		t.Errorf("a retry spawned %d workers, want 1 fresh one", got-before)
+	}
+
+	// A spare that dies while it waits is an EXIT event like any other, and is replaced.
+	var victim int
+	for _, p := range trackedProcs() {
+		if p.host == h {
+			victim = p.pid
+			break
+		}
+	}
+	if err := unix.Kill(victim, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ev := <-h.Events()
+	if ev.Job != nil || ev.Exit == nil || ev.Exit.Signal != unix.SIGKILL || ev.PID != victim {
+		t.Fatalf("event for a killed spare = %+v, want an EXIT without a job", ev)
+	}
+	waitFor(t, "the dead spare to be replaced", func() bool { return h.Idle() == 2 })
+}
+
+func TestMaxRequests(t *testing.T) {
+	h := newHost(t, Options{Path: workerBin, Args: []string{"--delay=0s"}, MaxRequests: 3, MaxIdle: 1})
+	var pids []int
+	for i := range 4 {
+		var pid int
+		job := &Job{ID: strconv.Itoa(i), Topic: "echo", Data: json.RawMessage(`"x"`), Attempt: 1,
+			OnReply: func(p int, r ipc.WorkerReply) { pid = p }}
+		h.Spawn(job)
+		ev := <-h.Events()
+		if ev.Job != job || !ev.Replied {
+			t.Fatalf("job %d: event %+v", i, ev)
+		}
+		// The third job is the worker's last: its event carries the EXIT.
+		if wantExit := i == 2; (ev.Exit != nil) != wantExit {
+			t.Errorf("job %d: exit = %+v, want one only after the third job", i, ev.Exit)
+		}
+		if ev.Exit != nil && (ev.Exit.Reason.Kind != ReasonNormal || ev.Exit.Served != 3) {
+			t.Errorf("exit after three jobs = %s, served %d; want normal, 3", ev.Exit.Reason, ev.Exit.Served)
+		}
+		pids = append(pids, pid)
+	}
+	if pids[0] != pids[1] || pids[1] != pids[2] || pids[3] == pids[0] {
+		t.Errorf("pids = %v, want one worker for three jobs and a new one for the fourth", pids)
 	}
 }

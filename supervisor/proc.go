@@ -22,9 +22,13 @@ type proc struct {
 
 	stdin, stdout, stderr *os.File
 
-	deadline *time.Timer // the job's timeout, nil without one
+	spare   bool      // started without a job; owned by whoever holds the proc
+	unready bool      // a spare that has not sent its ready line; owned by its monitor
+	jobs    chan *Job // a job handed to an idle worker
 
 	mu       sync.Mutex
+	dead     bool        // guarded by mu; set when the monitor stops taking jobs
+	deadline *time.Timer // guarded by mu; the current job's timeout
 	reaped   bool        // guarded by mu; once set, the pid and its group may belong to someone else
 	stopped  *Reason     // guarded by mu; why relayd stopped it, nil if it did not
 	killTime *time.Timer // guarded by mu; the SIGKILL that follows a SIGTERM
@@ -105,8 +109,42 @@ func (p *proc) wait() syscall.WaitStatus {
 	return 0
 }
 
-// reap waits for a worker that is being given up on; see wait.
-func (p *proc) reap() { p.wait() }
+// assign hands job to an idle worker, and reports false if the worker died meanwhile.
+func (p *proc) assign(job *Job) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dead {
+		return false
+	}
+	p.jobs <- job
+	return true
+}
+
+// retire stops the worker taking jobs, and returns one handed to it too late, if any.
+func (p *proc) retire() *Job {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dead = true
+	select {
+	case j := <-p.jobs:
+		return j
+	default:
+		return nil
+	}
+}
+
+// setDeadline arms the current job's timeout, or disarms it when d is zero.
+func (p *proc) setDeadline(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.deadline != nil {
+		p.deadline.Stop()
+		p.deadline = nil
+	}
+	if d > 0 && !p.reaped {
+		p.deadline = time.AfterFunc(d, func() { p.stop(Reason{Kind: ReasonTimeout}, p.host.opts.KillGrace) })
+	}
+}
 
 // stop signals the worker's process group: SIGTERM then SIGKILL after grace, or SIGKILL at once
 // when grace is zero. The first reason given is the one its Exit reports.

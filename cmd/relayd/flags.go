@@ -30,6 +30,8 @@ type config struct {
 	limits          []supervisor.Rlimit
 	credential      *syscall.Credential
 	maxWorkers      int
+	spares          int
+	maxRequests     int
 	queue           int
 	maxPerClient    int
 	maxConns        int
@@ -81,11 +83,13 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	fs.StringArrayVar(&allowGIDs, "allow-gid", nil, "also let peers with this primary `gid` connect (repeatable)")
 	fs.IntVar(&cfg.maxConns, "max-conns", 256, "most client connections open at once; more are answered busy and closed")
 	fs.DurationVar(&cfg.frameTimeout, "frame-timeout", 10*time.Second, "longest a request line may stay half received before the connection is closed (idle connections may stay)")
-	fs.StringVar(&cfg.worker, "worker", defaultWorker(), "worker executable `path` (default: worker beside relayd, else ../libexec/relayd/worker)")
+	fs.StringVar(&cfg.worker, "worker", "", "worker executable `path` (default: worker beside relayd, else ../libexec/relayd/worker)")
 	fs.StringArrayVar(&cfg.workerArgs, "worker-arg", nil, "argument passed to every worker (repeatable), e.g. --worker-arg=--delay=0s")
 	fs.StringArrayVar(&workerEnv, "worker-env", nil, "pass this environment variable `KEY` from relayd to workers (repeatable)")
 	fs.BoolVar(&faults, "allow-fault-injection", false, "let workers obey fault directives such as !crash (sets RELAY_FAULTS=1; for testing only)")
 	fs.IntVar(&cfg.maxWorkers, "max-workers", defaultMaxWorkers(), "most worker processes at once (64 per CPU: workers mostly wait, and one is a few MiB)")
+	fs.IntVar(&cfg.spares, "spares", 0, "workers to keep started and ready, so a message does not wait for a fork (0: fork per message)")
+	fs.IntVar(&cfg.maxRequests, "max-requests", 1, "messages one worker serves before it is replaced; above 1 trades isolation for speed")
 	fs.IntVar(&cfg.queue, "queue", 1024, "most messages waiting for a worker; more are answered busy at once")
 	fs.IntVar(&cfg.maxPerClient, "max-per-client", 64, "most messages of one connection in flight; more wait their turn")
 	fs.DurationVar(&cfg.messageTimeout, "message-timeout", 10*time.Second, "longest one attempt may take before its worker is stopped and the sender gets timeout")
@@ -120,6 +124,9 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	}
 
 	cfg.socket = ipc.ResolveSocket(cfg.socket, getenv)
+	if cfg.worker == "" {
+		cfg.worker = defaultWorker()
+	}
 	mode, err := strconv.ParseUint(socketMode, 8, 32)
 	if err != nil || mode > 0o777 {
 		return nil, fmt.Errorf("--socket-mode %q is not an octal permission mode", socketMode)
@@ -134,13 +141,13 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	for _, c := range []struct {
 		name string
 		v    int
-	}{{"--max-workers", cfg.maxWorkers}, {"--max-per-client", cfg.maxPerClient}, {"--max-message-bytes", cfg.maxMessageBytes}} {
+	}{{"--max-workers", cfg.maxWorkers}, {"--max-per-client", cfg.maxPerClient}, {"--max-message-bytes", cfg.maxMessageBytes}, {"--max-requests", cfg.maxRequests}} {
 		if c.v < 1 {
 			return nil, fmt.Errorf("%s must be at least 1", c.name)
 		}
 	}
-	if cfg.queue < 0 || cfg.maxRestarts < 0 || cfg.maxConns < 0 {
-		return nil, fmt.Errorf("--queue, --max-restarts and --max-conns must not be negative")
+	if cfg.queue < 0 || cfg.maxRestarts < 0 || cfg.maxConns < 0 || cfg.spares < 0 {
+		return nil, fmt.Errorf("--queue, --max-restarts, --max-conns and --spares must not be negative")
 	}
 	if cfg.messageTimeout < 0 || cfg.killGrace < 0 || cfg.shutdownTimeout < 0 || cfg.statsInterval < 0 || cfg.frameTimeout < 0 {
 		return nil, fmt.Errorf("durations must not be negative")

@@ -46,15 +46,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	})
 
 	host, err := supervisor.New(supervisor.Options{
-		Name:       "processes",
-		Path:       cfg.worker,
-		Args:       cfg.workerArgs,
-		Env:        cfg.workerEnv,
-		Limits:     cfg.limits,
-		Credential: cfg.credential,
-		KillGrace:  cfg.killGrace,
-		Subreaper:  true,
-		Logger:     log.Named("worker"),
+		Name:        "processes",
+		Path:        cfg.worker,
+		Args:        cfg.workerArgs,
+		Env:         cfg.workerEnv,
+		Limits:      cfg.limits,
+		Credential:  cfg.credential,
+		KillGrace:   cfg.killGrace,
+		Subreaper:   true,
+		Spares:      cfg.spares,
+		MaxRequests: cfg.maxRequests,
+		MaxIdle:     max(8, cfg.spares),
+		Logger:      log.Named("worker"),
 	})
 	if err != nil {
 		return err

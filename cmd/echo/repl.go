@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"golang.org/x/term"
+
+	"relayd/ipc"
+)
+
+// repl is the tutorial's CLI process: it reads a line, sends it to the relay, and prints the
+// answer, a timeout or an error, until an empty line, EOF (Ctrl+D) or Ctrl+C. It keeps one
+// connection and dials again when that breaks, so the relay may come and go while it runs.
+func repl(ctx context.Context, o options, in, out *os.File, color paint) error {
+	r := &session{o: o, out: out, color: color}
+	defer r.close()
+
+	fmt.Fprintln(out, color.cyan("Echo Client"))
+	fmt.Fprintln(out, color.dim("Type messages to echo. Ctrl+C to exit.\n"))
+
+	t := term.NewTerminal(struct {
+		io.Reader
+		io.Writer
+	}{in, out}, color.yellow("> "))
+	var err error
+	for {
+		var line string
+		line, err = readLine(ctx, t, in)
+		if err != nil || line == "" {
+			break
+		}
+		r.ask(ctx, line)
+	}
+	fmt.Fprint(out, "\nGoodbye!\n")
+	if errors.Is(err, io.EOF) || ctx.Err() != nil {
+		return nil // Ctrl+D, Ctrl+C, SIGINT and SIGTERM all end the REPL cleanly.
+	}
+	return err
+}
+
+// readLine reads one edited line from the terminal. The terminal is raw only while the line is
+// read, so that Ctrl+C while an answer is awaited is an ordinary SIGINT.
+func readLine(ctx context.Context, t *term.Terminal, in *os.File) (string, error) {
+	fd := int(in.Fd())
+	state, err := term.MakeRaw(fd)
+	if err != nil {
+		return "", fmt.Errorf("setting up the terminal: %w", err)
+	}
+	defer term.Restore(fd, state)
+	// A terminal that reports no size (0x0, as some pseudo-terminals do) keeps the default 80x24;
+	// a width of 0 would wrap after every character.
+	if w, h, err := term.GetSize(fd); err == nil && w > 0 && h > 0 {
+		t.SetSize(w, h)
+	}
+
+	type result struct {
+		line string
+		err  error
+	}
+	done := make(chan result, 1)
+	// The reader cannot be interrupted: a signal leaves it blocked in read(2) on the terminal,
+	// and the process exits right after.
+	go func() {
+		line, err := t.ReadLine()
+		if errors.Is(err, term.ErrPasteIndicator) {
+			err = nil
+		}
+		done <- result{line, err}
+	}()
+	select {
+	case r := <-done:
+		return r.line, r.err
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// session is the REPL's connection to the relay.
+type session struct {
+	o     options
+	out   io.Writer
+	color paint
+	c     *ipc.Client // nil until the first message and after the connection broke
+}
+
+func (r *session) close() {
+	if r.c != nil {
+		r.c.Close()
+	}
+}
+
+// ask sends msg and prints what came of it, as the tutorial's CLI does.
+func (r *session) ask(ctx context.Context, msg string) {
+	call, err := r.send(ctx, msg)
+	if err != nil {
+		r.println(r.color.dim("  error: relay not available"))
+		return
+	}
+	wctx, cancel := context.WithDeadline(ctx, call.Sent.Add(r.o.timeout))
+	defer cancel()
+	a, err := r.c.Wait(wctx, call)
+	switch {
+	case err == nil && a.Error != nil:
+		r.println(r.color.dim("  error: " + a.Error.Error()))
+	case err == nil:
+		text := dataText(a.Data)
+		if r.o.json {
+			text = string(a.Raw)
+		}
+		r.println(r.color.green("  " + strings.ReplaceAll(text, "\n", "\n  ")))
+		if w := a.Worker; w != nil && !r.o.json {
+			r.println(r.color.dim(fmt.Sprintf("  from worker: {%s|%d}", w.Host, w.PID)))
+		}
+	case ctx.Err() != nil:
+		// Interrupted; the caller says goodbye.
+	case errors.Is(err, context.DeadlineExceeded):
+		r.println(r.color.dim("  timeout"))
+	default:
+		// The connection broke before the answer came; the next message dials again.
+		r.println(r.color.dim("  error: relay not available"))
+	}
+}
+
+// send writes msg on the session's connection, dialing first when there is none or it has
+// ended. A write that fails on an old connection is tried once more on a new one.
+func (r *session) send(ctx context.Context, msg string) (*ipc.Call, error) {
+	var err error
+	for range 2 {
+		if r.c != nil {
+			select {
+			case <-r.c.Done():
+				r.c.Close()
+				r.c = nil
+			default:
+			}
+		}
+		if r.c == nil {
+			if r.c, err = dial(ctx, r.o); err != nil {
+				return nil, err
+			}
+		}
+		var call *ipc.Call
+		if call, err = r.c.Send(r.o.to, r.o.topic, msg); err == nil {
+			return call, nil
+		}
+		r.c.Close()
+		r.c = nil
+	}
+	return nil, err
+}
+
+func (r *session) println(s string) { fmt.Fprintln(r.out, s) }

@@ -1,0 +1,251 @@
+// Command worker is relayd's echo worker: it answers request lines on stdin with the data uppercased.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/pflag"
+
+	"relayd/ipc"
+)
+
+// version is the worker's version; the build may set it with -ldflags "-X main.version=…".
+// When it is empty, --version prints the module version from the build info.
+var version string
+
+// maxRequestBytes bounds one request line. relayd caps a client's message at
+// --max-message-bytes (1 MiB by default), and escaping can grow it up to sixfold; anything
+// beyond this is a broken parent, not a message.
+const maxRequestBytes = 64 << 20
+
+// topicEcho is the only topic a worker serves.
+const topicEcho = "echo"
+
+// Environment variables relayd sets for every worker.
+const (
+	envAttempt = "RELAY_ATTEMPT" // attempt number of the message, counted from 1
+	envFaults  = "RELAY_FAULTS"  // "1" when fault directives are obeyed
+)
+
+// exitStatus is an error that ends the worker with that exit status and no message. Fault
+// directives use it to exit on purpose.
+type exitStatus int
+
+func (s exitStatus) Error() string { return "exit status " + strconv.Itoa(int(s)) }
+
+// main stays thin. It installs no signal handler: SIGTERM keeps its default action because the
+// worker holds nothing worth cleaning up, and the worker is forked once per message, so every
+// bit of start-up work counts.
+func main() {
+	err := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Environ())
+	var status exitStatus
+	switch {
+	case errors.As(err, &status):
+		os.Exit(int(status))
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run is the whole worker below main. environ is the process environment as KEY=VALUE pairs.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer, environ []string) error {
+	fs := pflag.NewFlagSet("worker", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	delay := fs.Duration("delay", 100*time.Millisecond, "time each request takes before its reply, as the tutorial's worker sleeps")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	showHelp := fs.BoolP("help", "h", false, "print this help and exit")
+	// grandchild-sleep turns the process into the grandchild that the !fork directive starts.
+	grandchildSleep := fs.Duration("grandchild-sleep", 0, "sleep this long and exit (used by the !fork fault directive)")
+	if err := fs.MarkHidden("grandchild-sleep"); err != nil {
+		return err
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stdout, `Usage: worker [--delay D] [--help] [--version]
+
+worker is relayd's echo worker, which relayd forks for every message. It writes a ready line
+{"ready":true,"protocol":%d,"pid":PID} to stdout, then answers each request line on stdin,
+{"id":"…","topic":"echo","data":"text"}, after --delay with {"id":"…","data":"TEXT"}, and
+exits 0 at the end of stdin. Logs go to stderr as JSON.
+
+With RELAY_FAULTS=1 in its environment, data starting with "!" can be a fault directive
+(!crash, !exit N, !panic, !segv, !hang, !sleep D, !oom, !spin, !fork, !garbage, !noreply,
+!flaky N, !stderr N, !env, !fds, !rlimits); RELAY_ATTEMPT is the attempt number !flaky counts.
+
+Flags:
+%s`, ipc.ProtocolVersion, fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *showHelp {
+		fs.Usage()
+		return nil
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *showVersion {
+		_, err := io.WriteString(stdout, "worker "+versionString()+"\n")
+		return err
+	}
+	if *grandchildSleep > 0 {
+		time.Sleep(*grandchildSleep)
+		return nil
+	}
+
+	w := &worker{
+		stdout:  stdout,
+		out:     bufio.NewWriter(stdout),
+		stderr:  stderr,
+		delay:   *delay,
+		environ: environ,
+		faults:  lookupEnv(environ, envFaults) == "1",
+		attempt: 1,
+	}
+	if n, err := strconv.Atoi(lookupEnv(environ, envAttempt)); err == nil {
+		w.attempt = n
+	}
+	return w.serve(stdin)
+}
+
+// versionString returns version, or the main module's version when the build did not set one.
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
+		return info.Main.Version
+	}
+	return "(devel)"
+}
+
+// lookupEnv returns the value of key in environ, or "" when it is absent. Like getenv(3), the
+// first of duplicate entries wins.
+func lookupEnv(environ []string, key string) string {
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+// worker answers requests. It is used by one goroutine.
+type worker struct {
+	stdout  io.Writer     // the raw stdout; !fork hands it to the grandchild when it is a file
+	out     *bufio.Writer // buffered stdout, flushed after every line
+	stderr  io.Writer
+	delay   time.Duration
+	environ []string
+	faults  bool // fault directives are obeyed (RELAY_FAULTS=1)
+	attempt int  // RELAY_ATTEMPT, 1 when unset
+
+	log hclog.Logger // made by logger on first use, so that a quiet worker never builds one
+}
+
+// logger returns the worker's hclog logger, writing JSON lines to stderr.
+func (w *worker) logger() hclog.Logger {
+	if w.log == nil {
+		w.log = hclog.New(&hclog.LoggerOptions{
+			Name:       "worker",
+			Level:      hclog.Info,
+			Output:     w.stderr,
+			JSONFormat: true,
+		})
+	}
+	return w.log
+}
+
+// serve writes the ready line, then answers request lines until stdin ends.
+func (w *worker) serve(stdin io.Reader) error {
+	if err := w.writeLine(ipc.Ready{Ready: true, Protocol: ipc.ProtocolVersion, PID: os.Getpid()}); err != nil {
+		return err
+	}
+	lines := ipc.NewLineReader(stdin, maxRequestBytes)
+	for {
+		line, err := lines.ReadLine()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading request: %w", err)
+		}
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		if err := w.handle(line); err != nil {
+			return err
+		}
+	}
+}
+
+// handle answers one request line. A line that is not a request at all is an error that ends
+// the worker: it has no id to answer, and a parent that writes such lines is not speaking the
+// protocol. A well-formed request that cannot be served gets an error reply.
+func (w *worker) handle(line []byte) error {
+	var req ipc.WorkerRequest
+	if err := json.Unmarshal(line, &req); err != nil {
+		return fmt.Errorf("decoding request: %w", err)
+	}
+	if req.Topic != topicEcho {
+		return w.replyError(req.ID, "unknown topic "+strconv.Quote(req.Topic))
+	}
+	// json.Unmarshal would take null for an empty string, so look at the value itself.
+	var text string
+	if len(req.Data) == 0 || req.Data[0] != '"' || json.Unmarshal(req.Data, &text) != nil {
+		return w.replyError(req.ID, "data of topic echo must be a JSON string")
+	}
+
+	// The delay stands for the work, so it comes before fault directives too.
+	if w.delay > 0 {
+		time.Sleep(w.delay)
+	}
+	if w.faults && strings.HasPrefix(text, "!") {
+		if handled, err := w.fault(req.ID, text); handled {
+			return err
+		}
+	}
+	return w.replyText(req.ID, strings.ToUpper(text))
+}
+
+// replyText answers request id with text as its data.
+func (w *worker) replyText(id, text string) error {
+	data, err := json.Marshal(text)
+	if err != nil {
+		return fmt.Errorf("encoding reply: %w", err)
+	}
+	return w.writeLine(ipc.WorkerReply{ID: id, Data: data})
+}
+
+// replyError answers request id with an error.
+func (w *worker) replyError(id, msg string) error {
+	return w.writeLine(ipc.WorkerReply{ID: id, Error: msg})
+}
+
+// writeLine writes v as one JSON line to stdout and flushes it.
+func (w *worker) writeLine(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encoding line: %w", err)
+	}
+	b = append(b, '\n')
+	if _, err := w.out.Write(b); err != nil {
+		return fmt.Errorf("writing stdout: %w", err)
+	}
+	if err := w.out.Flush(); err != nil {
+		return fmt.Errorf("writing stdout: %w", err)
+	}
+	return nil
+}
