@@ -139,3 +139,34 @@ func AppendFrame(b []byte, v any) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+// SniffID returns the id of a request from the start of its line when "id" is the line's first
+// key, as it is in frames written by echo and by most encoders. It lets an answer to a line
+// that is too large to read whole still name its request; nil when the id cannot be seen.
+func SniffID(head []byte) json.RawMessage {
+	dec := json.NewDecoder(bytes.NewReader(head))
+	dec.UseNumber()
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	if t, err := dec.Token(); err != nil || t != "id" {
+		return nil
+	}
+	start := dec.InputOffset()
+	switch t, err := dec.Token(); t.(type) {
+	case json.Number, string:
+		if err != nil {
+			return nil
+		}
+		raw := bytes.TrimLeft(head[start:dec.InputOffset()], " \t\r\n:")
+		if len(raw) == 0 || len(raw) > MaxIDBytes || !json.Valid(raw) {
+			return nil
+		}
+		// A number cut off by the end of head could be longer: require what follows it.
+		if rest := bytes.TrimLeft(head[dec.InputOffset():], " \t\r\n"); len(rest) == 0 {
+			return nil
+		}
+		return bytes.Clone(raw)
+	}
+	return nil
+}

@@ -115,3 +115,34 @@ func TestResolveSocket(t *testing.T) {
 		}
 	}
 }
+
+func TestSniffID(t *testing.T) {
+	tests := []struct{ head, want string }{
+		{`{"id":12,"to":"relay","topic":"echo","data":"xxxxxxxx`, `12`},
+		{`{ "id" : "abc", "to":"relay"`, `"abc"`},
+		{`{"to":"relay","id":12,"data":"xxxx`, ``},
+		{`{"id":{"a":1},"to":"relay"`, ``},
+		{`{"id":123`, ``}, // the number may go on past the head
+		{`not json at all`, ``},
+		{`{"id":"unterminated`, ``},
+	}
+	for _, tt := range tests {
+		if got := string(SniffID([]byte(tt.head))); got != tt.want {
+			t.Errorf("SniffID(%q) = %q, want %q", tt.head, got, tt.want)
+		}
+	}
+}
+
+func TestLineReaderHead(t *testing.T) {
+	line := `{"id":5,"data":"` + strings.Repeat("z", 1000) + `"}`
+	lr := NewLineReader(strings.NewReader(line+"\nok\n"), 100)
+	if _, err := lr.ReadLine(); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("err = %v, want ErrTooLarge", err)
+	}
+	if got := string(lr.Head()); !strings.HasPrefix(line, got) || len(got) < 20 {
+		t.Errorf("head = %q, want the start of the refused line", got)
+	}
+	if got := string(SniffID(lr.Head())); got != "5" {
+		t.Errorf("id of the refused line = %q, want 5", got)
+	}
+}

@@ -12,10 +12,14 @@ var ErrTooLarge = errors.New("line too large")
 
 // LineReader reads newline-terminated lines of bounded length.
 type LineReader struct {
-	r   *bufio.Reader
-	max int
-	buf []byte
+	r    *bufio.Reader
+	max  int
+	buf  []byte
+	head []byte // the start of the last line refused as too large
 }
+
+// headBytes is how much of a refused line Head keeps.
+const headBytes = 256
 
 // NewLineReader returns a LineReader that refuses lines longer than max bytes.
 func NewLineReader(r io.Reader, max int) *LineReader {
@@ -40,6 +44,7 @@ func (l *LineReader) ReadLine() ([]byte, error) {
 		if !tooLarge {
 			if len(l.buf)+len(frag) > l.max+1 || (err == nil && len(l.buf)+len(frag)-1 > l.max) {
 				tooLarge = true
+				l.head = append(append(l.head[:0], l.buf[:min(len(l.buf), headBytes)]...), frag[:min(len(frag), headBytes-min(len(l.buf), headBytes))]...)
 				l.buf = l.buf[:0]
 			} else {
 				l.buf = append(l.buf, frag...)
@@ -65,3 +70,7 @@ func (l *LineReader) ReadLine() ([]byte, error) {
 
 // Buffered reports how many bytes of a partial line are waiting in the reader.
 func (l *LineReader) Buffered() int { return l.r.Buffered() }
+
+// Head returns the first bytes of the line last refused with ErrTooLarge, so that its id can
+// still be found (see SniffID).
+func (l *LineReader) Head() []byte { return l.head }

@@ -240,7 +240,7 @@ func (c *conn) read() {
 			return
 		}
 		if errors.Is(err, ipc.ErrTooLarge) {
-			c.answerNow(nil, ipc.Errorf(ipc.CodeTooLarge, "request is longer than %d bytes", c.s.cfg.MaxMessageBytes))
+			c.answerNow(ipc.SniffID(lr.Head()), ipc.Errorf(ipc.CodeTooLarge, "request is longer than %d bytes", c.s.cfg.MaxMessageBytes))
 			continue
 		}
 		if err != nil {
