@@ -20,9 +20,22 @@ const Name = "relay"
 
 // Topics of the relay.
 const (
-	TopicEcho  = "echo"
-	TopicStats = "stats"
+	TopicEcho   = "echo"
+	TopicStats  = "stats"
+	TopicStatus = "status"
 )
+
+// Observer is told what the relay does, for metrics. Its methods must be quick and safe for
+// concurrent use.
+type Observer interface {
+	// Answered is called once per answer: the request's topic ("" when the line could not be
+	// read), the error code ("" for a reply) and the time since the request was read.
+	Answered(topic, code string, d time.Duration)
+	// WorkerExited is called for every worker EXIT with its reason and lifetime.
+	WorkerExited(reason string, lifetime time.Duration)
+	// Retried is called when a message is scheduled for another attempt.
+	Retried()
+}
 
 // The default retry budget: retries stop after 50 net failures and stay stopped while more than
 // about one attempt in eleven fails (each success earns back a tenth of a token).
@@ -61,6 +74,10 @@ type Config struct {
 	Logger           hclog.Logger
 	// Rand returns numbers in [0, 1) for backoff jitter; nil uses math/rand/v2.
 	Rand func() float64
+	// Observer, if set, is told of exits and retries (answers are observed by the Server).
+	Observer Observer
+	// Names lists the registered names, for the status topic.
+	Names func() []string
 }
 
 // Relay is the relay process of the tutorial. Its loop, Run, selects over its inbox (messages
@@ -179,6 +196,8 @@ func (r *Relay) receive(m *Message) {
 	switch m.Req.Topic {
 	case TopicStats:
 		m.respond(r.Stats(), nil)
+	case TopicStatus:
+		m.respond(r.Status(), nil)
 	case TopicEcho:
 		var s string
 		if err := json.Unmarshal(m.Req.Data, &s); err != nil {
@@ -188,7 +207,7 @@ func (r *Relay) receive(m *Message) {
 		r.stats.messages.Add(1)
 		r.admit(m, false)
 	default:
-		m.Fail(ipc.Errorf(ipc.CodeUnknownTopic, "%q has no topic %q (topics: echo, stats)", Name, m.Req.Topic))
+		m.Fail(ipc.Errorf(ipc.CodeUnknownTopic, "%q has no topic %q (topics: echo, stats, status)", Name, m.Req.Topic))
 	}
 }
 
@@ -273,6 +292,9 @@ func (r *Relay) exited(ev supervisor.Event) {
 		m.Fail(ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down; worker %d was stopped", ex.PID))
 	case m.attempts <= r.cfg.MaxRestarts && !r.draining && r.cfg.Budget.Allow():
 		r.stats.restarts.Add(1)
+		if r.cfg.Observer != nil {
+			r.cfg.Observer.Retried()
+		}
 		delay := r.cfg.Backoff.Delay(m.attempts, r.cfg.Rand)
 		r.retryTimers[m] = time.AfterFunc(delay, func() { r.retries <- m })
 	default:
@@ -289,6 +311,9 @@ func (r *Relay) exited(ev supervisor.Event) {
 func (r *Relay) logExit(ex *supervisor.Exit, job *supervisor.Job) {
 	reason := ex.Reason.String()
 	r.stats.exit(reason)
+	if r.cfg.Observer != nil {
+		r.cfg.Observer.WorkerExited(reason, ex.Duration)
+	}
 	fields := []any{"from", ex.PID, "result", ex.Result(), "reason", reason,
 		"duration", ex.Duration.Round(time.Microsecond)}
 	if job != nil {

@@ -30,6 +30,8 @@ type ServerConfig struct {
 	MaxConns int
 	// Authorize, if set, decides from the peer's credentials whether it may talk to relayd.
 	Authorize func(unix.Ucred) error
+	// Observer, if set, is told of every answer.
+	Observer Observer
 	// WriteTimeout bounds writing answers to a client that does not read them.
 	WriteTimeout time.Duration
 	// FrameTimeout bounds how long a request line may stay half received. An idle connection,
@@ -224,7 +226,9 @@ func peerCred(uc *net.UnixConn) (unix.Ucred, error) {
 func (c *conn) refuse(err *ipc.Error) {
 	c.slots <- struct{}{}
 	c.pending.Add(1)
-	c.deliver(ipc.ErrorReply(nil, err))
+	r := ipc.ErrorReply(nil, err)
+	c.observe("", r, time.Now())
+	c.deliver(r)
 	c.c.SetReadDeadline(time.Now().Add(time.Second))
 	io.Copy(io.Discard, io.LimitReader(c.c, 64<<10))
 }
@@ -236,11 +240,11 @@ func (c *conn) read() {
 	for {
 		line, err := lr.ReadLine()
 		if fr.expired {
-			c.answerNow(nil, ipc.Errorf(ipc.CodeBadRequest, "request line still incomplete after %s; closing", c.s.cfg.FrameTimeout))
+			c.answerNow(nil, "", ipc.Errorf(ipc.CodeBadRequest, "request line still incomplete after %s; closing", c.s.cfg.FrameTimeout))
 			return
 		}
 		if errors.Is(err, ipc.ErrTooLarge) {
-			c.answerNow(ipc.SniffID(lr.Head()), ipc.Errorf(ipc.CodeTooLarge, "request is longer than %d bytes", c.s.cfg.MaxMessageBytes))
+			c.answerNow(ipc.SniffID(lr.Head()), "", ipc.Errorf(ipc.CodeTooLarge, "request is longer than %d bytes", c.s.cfg.MaxMessageBytes))
 			continue
 		}
 		if err != nil {
@@ -251,23 +255,35 @@ func (c *conn) read() {
 		}
 		req, perr := ipc.DecodeRequest(line)
 		if perr != nil {
-			c.answerNow(req.ID, perr)
+			c.answerNow(req.ID, req.Topic, perr)
 			continue
 		}
 		select {
 		case <-c.s.stopping:
-			c.answerNow(req.ID, ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down"))
+			c.answerNow(req.ID, req.Topic, ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down"))
 			continue
 		default:
 		}
 		inbox, ok := c.s.cfg.Lookup(req.To)
 		if !ok {
-			c.answerNow(req.ID, ipc.Errorf(ipc.CodeUnknownName, "no process is registered as %q", req.To))
+			c.answerNow(req.ID, req.Topic, ipc.Errorf(ipc.CodeUnknownName, "no process is registered as %q", req.To))
 			continue
 		}
 		c.slots <- struct{}{}
 		c.pending.Add(1)
-		inbox <- NewMessage(req, c.name, c.deliver)
+		m := NewMessage(req, c.name, nil)
+		m.reply = func(r ipc.Reply) { c.observe(req.Topic, r, m.Accepted); c.deliver(r) }
+		inbox <- m
+	}
+}
+
+func (c *conn) observe(topic string, r ipc.Reply, accepted time.Time) {
+	if o := c.s.cfg.Observer; o != nil {
+		code := ""
+		if r.Error != nil {
+			code = r.Error.Code
+		}
+		o.Answered(topic, code, time.Since(accepted))
 	}
 }
 
@@ -303,10 +319,12 @@ func (r *frameReader) Read(p []byte) (int, error) {
 }
 
 // answerNow answers a line the reader itself can answer.
-func (c *conn) answerNow(id []byte, err *ipc.Error) {
+func (c *conn) answerNow(id []byte, topic string, err *ipc.Error) {
 	c.slots <- struct{}{}
 	c.pending.Add(1)
-	c.deliver(ipc.ErrorReply(id, err))
+	r := ipc.ErrorReply(id, err)
+	c.observe(topic, r, time.Now())
+	c.deliver(r)
 }
 
 // deliver queues an answer for the writer. It never blocks: the caller holds a slot.

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"encoding/json"
 	"maps"
 	"runtime"
 	"sync"
@@ -82,4 +83,41 @@ func (r *Relay) statsReporter(stop <-chan struct{}) {
 			r.cfg.OnStats(s)
 		}
 	}
+}
+
+// Status is the answer to the status topic: what is registered and which workers are alive.
+type Status struct {
+	Names   []string       `json:"names"`
+	Workers []WorkerStatus `json:"workers"`
+	Stats   Stats          `json:"stats"`
+}
+
+// WorkerStatus is one live worker in a Status.
+type WorkerStatus struct {
+	PID        int             `json:"pid"`
+	AgeSeconds float64         `json:"age_seconds"`
+	State      string          `json:"state"` // "busy" or "idle"
+	Attempt    int             `json:"attempt,omitempty"`
+	Sender     string          `json:"sender,omitempty"`
+	MessageID  json.RawMessage `json:"message_id,omitempty"`
+}
+
+// Status lists the registered names and the live workers. It is safe from any goroutine.
+func (r *Relay) Status() Status {
+	st := Status{Names: []string{Name}, Workers: []WorkerStatus{}, Stats: r.Stats()}
+	if r.cfg.Names != nil {
+		st.Names = r.cfg.Names()
+	}
+	now := time.Now()
+	for _, w := range r.cfg.Host.Workers() {
+		ws := WorkerStatus{PID: w.PID, AgeSeconds: now.Sub(w.Started).Round(time.Millisecond).Seconds(), State: "idle"}
+		if w.Job != nil {
+			ws.State, ws.Attempt = "busy", w.Job.Attempt
+			if m, ok := w.Job.Tag.(*Message); ok {
+				ws.Sender, ws.MessageID = m.Sender, m.Req.ID
+			}
+		}
+		st.Workers = append(st.Workers, ws)
+	}
+	return st
 }

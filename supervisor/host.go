@@ -54,6 +54,8 @@ type Options struct {
 	// worker per message.
 	MaxRequests int
 	MaxIdle     int
+	// OnReady, if set, is told how long each worker took from fork to its ready line.
+	OnReady func(time.Duration)
 	Logger      hclog.Logger
 }
 
@@ -382,6 +384,7 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 		}
 	}
 	cur, replied := job, false
+	p.setJob(cur)
 	send := func(j *Job) {
 		if j.Timeout > 0 {
 			p.setDeadline(j.Timeout)
@@ -421,6 +424,9 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 					fail(fmt.Errorf("worker speaks protocol %d, want %d", r.Protocol, ipc.ProtocolVersion))
 				}
 				ready = true
+				if h.opts.OnReady != nil && protoErr == nil {
+					h.opts.OnReady(time.Since(ex.Started))
+				}
 				if p.unready {
 					p.unready = false
 					h.starting.Add(-1)
@@ -451,6 +457,7 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 				if ex.Served < h.opts.MaxRequests && h.putIdle(p) {
 					h.events <- Event{PID: p.pid, Job: cur, Replied: true}
 					cur, replied = nil, false
+					p.setJob(nil)
 					break
 				}
 				// The worker waits for more requests until stdin closes, so it is still
@@ -460,6 +467,7 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 			}
 		case j := <-jobs:
 			cur, replied = j, false
+			p.setJob(j)
 			send(j)
 		case ws = <-waited:
 			waited = nil
@@ -482,6 +490,29 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 	ex.classify(ws, p.stoppedFor(), protoErr)
 	ex.Duration = time.Since(ex.Started)
 	h.events <- Event{PID: p.pid, Job: cur, Replied: replied, Exit: ex}
+}
+
+// WorkerInfo describes a live worker process.
+type WorkerInfo struct {
+	PID     int
+	Started time.Time
+	// Job is the job it serves; nil for an idle worker.
+	Job *Job
+}
+
+// Workers lists the live workers of this Host, oldest first.
+func (h *Host) Workers() []WorkerInfo {
+	var ws []WorkerInfo
+	for _, p := range trackedProcs() {
+		if p.host != h {
+			continue
+		}
+		p.mu.Lock()
+		ws = append(ws, WorkerInfo{PID: p.pid, Started: p.started, Job: p.job})
+		p.mu.Unlock()
+	}
+	slices.SortFunc(ws, func(a, b WorkerInfo) int { return a.Started.Compare(b.Started) })
+	return ws
 }
 
 // putIdle offers a ready worker without a job to Spawn, and reports whether there was room.

@@ -27,6 +27,8 @@ type proc struct {
 	jobs    chan *Job // a job handed to an idle worker
 
 	mu       sync.Mutex
+	started  time.Time   // guarded by mu
+	job      *Job        // guarded by mu; the job it serves, for Host.Workers
 	dead     bool        // guarded by mu; set when the monitor stops taking jobs
 	deadline *time.Timer // guarded by mu; the current job's timeout
 	reaped   bool        // guarded by mu; once set, the pid and its group may belong to someone else
@@ -49,6 +51,7 @@ func fork(p *proc) error {
 		return err
 	}
 	p.pid = p.cmd.Process.Pid
+	p.started = time.Now()
 	trackedMu.Lock()
 	if tracked.procs == nil {
 		tracked.procs = make(map[int]*proc)
@@ -118,6 +121,12 @@ func (p *proc) assign(job *Job) bool {
 	}
 	p.jobs <- job
 	return true
+}
+
+func (p *proc) setJob(j *Job) {
+	p.mu.Lock()
+	p.job = j
+	p.mu.Unlock()
 }
 
 // retire stops the worker taking jobs, and returns one handed to it too late, if any.

@@ -69,7 +69,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return err
 	}
 
+	var names supervisor.Registry[chan<- *relay.Message]
 	rl := relay.New(relay.Config{
+		Names:           names.Names,
 		Host:            host,
 		MaxWorkers:      cfg.maxWorkers,
 		Queue:           cfg.queue,
@@ -88,7 +90,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		Watchdog:         func() { daemon.SdNotify(false, daemon.SdNotifyWatchdog) },
 		Logger:           log,
 	})
-	var names supervisor.Registry[chan<- *relay.Message]
 	if err := names.Register(relay.Name, rl.Inbox()); err != nil {
 		return err
 	}
