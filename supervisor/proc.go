@@ -119,6 +119,7 @@ func (p *proc) assign(job *Job) bool {
 	if p.dead {
 		return false
 	}
+	p.job = job
 	p.jobs <- job
 	return true
 }
