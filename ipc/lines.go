@@ -19,7 +19,7 @@ type LineReader struct {
 }
 
 // headBytes is how much of a refused line Head keeps.
-const headBytes = 256
+const headBytes = 4 << 10
 
 // NewLineReader returns a LineReader that refuses lines longer than max bytes.
 func NewLineReader(r io.Reader, max int) *LineReader {

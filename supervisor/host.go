@@ -56,7 +56,7 @@ type Options struct {
 	MaxIdle     int
 	// OnReady, if set, is told how long each worker took from fork to its ready line.
 	OnReady func(time.Duration)
-	Logger      hclog.Logger
+	Logger  hclog.Logger
 }
 
 // Job is one request for a worker process.
@@ -543,22 +543,6 @@ func readLines(f *os.File, max int, out chan<- lineOrErr) {
 			out <- lineOrErr{line: slices.Clone(line)}
 		case errors.Is(err, ipc.ErrTooLarge):
 			out <- lineOrErr{err: fmt.Errorf("line longer than %d bytes", max)}
-		default:
-			return
-		}
-	}
-}
-
-// forwardStderr copies the worker's stderr into the log a line at a time, with its pid.
-func (h *Host) forwardStderr(p *proc) {
-	lr := ipc.NewLineReader(p.stderr, h.opts.StderrLineBytes)
-	for {
-		line, err := lr.ReadLine()
-		switch {
-		case err == nil:
-			h.log.Info("worker stderr", "pid", p.pid, "line", string(line))
-		case errors.Is(err, ipc.ErrTooLarge):
-			h.log.Info("worker stderr", "pid", p.pid, "line", "(line over the length cap dropped)")
 		default:
 			return
 		}

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"relayd/ipc"
@@ -340,4 +342,81 @@ func TestMaxRequests(t *testing.T) {
 	if pids[0] != pids[1] || pids[1] != pids[2] || pids[3] == pids[0] {
 		t.Errorf("pids = %v, want one worker for three jobs and a new one for the fourth", pids)
 	}
+}
+
+func TestStderrForwarding(t *testing.T) {
+	tests := []struct {
+		name, body string
+		check      func(t *testing.T, log string)
+	}{
+		{
+			name: "lines with pid",
+			body: "echo one >&2; echo two >&2",
+			check: func(t *testing.T, log string) {
+				if n := strings.Count(log, "worker stderr"); n != 2 || !strings.Contains(log, "line=one") || !strings.Contains(log, "pid=") {
+					t.Errorf("want two forwarded lines with the pid, got:\n%s", log)
+				}
+			},
+		},
+		{
+			name: "flood is rate limited and counted",
+			body: "i=0; while [ $i -lt 500 ]; do echo line $i >&2; i=$((i+1)); done",
+			check: func(t *testing.T, log string) {
+				n := strings.Count(log, "[INFO]  worker stderr:")
+				if n < 100 || n > 150 {
+					t.Errorf("forwarded %d of 500 lines, want about the burst of 100", n)
+				}
+				if !strings.Contains(log, "worker stderr lines dropped") || !strings.Contains(log, fmt.Sprintf("dropped=%d", 500-n)) {
+					t.Errorf("want the drop counted (%d):\n%s", 500-n, log[max(0, len(log)-400):])
+				}
+			},
+		},
+		{
+			name: "long line is capped",
+			body: "head -c 10000 /dev/zero | tr '\\\\0' x >&2; echo >&2",
+			check: func(t *testing.T, log string) {
+				if !strings.Contains(log, "(cut)") || strings.Contains(log, strings.Repeat("x", 4097)) {
+					t.Errorf("want the line cut at 4 KiB:\n%.300s", log)
+				}
+			},
+		},
+		{
+			name: "panic trace kept whole",
+			body: "printf 'panic: boom\\n\\ngoroutine 1 [running]:\\nmain.main()\\n\\t/src/main.go:5 +0x1d\\n' >&2",
+			check: func(t *testing.T, log string) {
+				if strings.Count(log, "worker crash report") != 1 || !strings.Contains(log, "main.main()") || !strings.Contains(log, "panic: boom") {
+					t.Errorf("want one crash report with the whole trace:\n%s", log)
+				}
+				if strings.Contains(log, "worker stderr:") {
+					t.Errorf("trace lines were also forwarded one by one:\n%s", log)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf syncBuffer
+			log := hclog.New(&hclog.LoggerOptions{Output: &buf, DisableTime: true})
+			h := newHost(t, Options{Path: script(t, tt.body+"\n"+readyLine+"\nread req\n"+`echo '{"id":"1","data":"ok"}'`), Logger: log})
+			spawnOne(t, h, &Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"x"`), Attempt: 1})
+			tt.check(t, buf.String())
+		})
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
