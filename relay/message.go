@@ -18,10 +18,11 @@ type Message struct {
 	// Sender describes who sent it (for status views); it is the connection's name.
 	Sender string
 
-	seq      uint64 // relay-assigned, the worker request id
-	attempts int    // owned by the relay loop
-	reply    func(ipc.Reply)
-	answered atomic.Bool
+	seq        uint64    // relay-assigned, the worker request id
+	attempts   int       // owned by the relay loop
+	dispatched time.Time // owned by the relay loop; when its last attempt was handed to the host
+	reply      func(ipc.Reply)
+	answered   atomic.Bool
 }
 
 // NewMessage wraps a decoded request; reply is called once with its answer.

@@ -78,6 +78,8 @@ type Config struct {
 	Observer Observer
 	// Names lists the registered names, for the status topic.
 	Names func() []string
+	// SlowThreshold, if set, logs every answer slower than it with where the time went.
+	SlowThreshold time.Duration
 }
 
 // Relay is the relay process of the tutorial. Its loop, Run, selects over its inbox (messages
@@ -235,6 +237,7 @@ func (r *Relay) admit(m *Message, retry bool) {
 // sender, and its end comes back to this loop as an EXIT event.
 func (r *Relay) spawn(m *Message) {
 	m.attempts++
+	m.dispatched = time.Now()
 	r.running++
 	host := r.cfg.Host.Name()
 	r.cfg.Host.Spawn(&supervisor.Job{
@@ -273,6 +276,9 @@ func (r *Relay) exited(ev supervisor.Event) {
 	r.running--
 	m := ev.Job.Tag.(*Message)
 	ex := ev.Exit
+	if ev.Replied && r.cfg.SlowThreshold > 0 {
+		r.logIfSlow(m, ev.Job)
+	}
 	switch {
 	case ev.Replied || ex == nil:
 		r.cfg.Budget.Success()
@@ -305,6 +311,30 @@ func (r *Relay) exited(ev supervisor.Event) {
 		m.Fail(ipc.Errorf(ipc.CodeWorkerFailed, "%s", msg))
 	}
 	r.pump()
+}
+
+// logIfSlow logs a message answered later than SlowThreshold, with where its time went: in the
+// queue (and retries), forking the worker, waiting for its ready line, and its work until the reply.
+func (r *Relay) logIfSlow(m *Message, job *supervisor.Job) {
+	tm := job.Timing
+	total := tm.Replied.Sub(m.Accepted)
+	if total < r.cfg.SlowThreshold {
+		return
+	}
+	since := func(a, b time.Time) time.Duration { return max(0, a.Sub(b)).Round(time.Microsecond) }
+	start := tm.Written
+	if tm.Ready.After(start) {
+		start = tm.Ready
+	}
+	fields := []any{"id", string(m.Req.ID), "sender", m.Sender, "total", total.Round(time.Microsecond),
+		"queue", since(m.dispatched, m.Accepted), "attempts", m.attempts}
+	if tm.Forked.After(m.dispatched) {
+		fields = append(fields, "spawn", since(tm.Forked, m.dispatched), "ready", since(tm.Ready, tm.Forked))
+	} else {
+		fields = append(fields, "spawn", "spare")
+	}
+	fields = append(fields, "reply", since(tm.Replied, start))
+	r.log.Warn("slow message", fields...)
 }
 
 // logExit logs a worker's EXIT event, as the tutorial's relay does.

@@ -322,3 +322,20 @@ func TestRetryBackoffTiming(t *testing.T) {
 		<-done
 	})
 }
+
+func TestSlowMessagesAreExplained(t *testing.T) {
+	h := startRelay(t, supervisor.Options{Args: []string{"--delay=150ms"}}, Config{SlowThreshold: 100 * time.Millisecond})
+	if r := waitAnswer(t, h.send(TopicEcho, "slow")); r.Error != nil {
+		t.Fatal(r.Error)
+	}
+	h.stop()
+	log := h.logs.String()
+	if !strings.Contains(log, "slow message") {
+		t.Fatalf("no slow message logged:\n%s", log)
+	}
+	for _, field := range []string{"total=", "queue=", "spawn=", "ready=", "reply=1"} {
+		if !strings.Contains(log, field) {
+			t.Errorf("slow message log lacks %q (the reply took the worker's 150ms delay):\n%s", field, log)
+		}
+	}
+}

@@ -71,6 +71,16 @@ type Job struct {
 	OnReply func(pid int, reply ipc.WorkerReply)
 	// Tag is the caller's own; the Job comes back in its Event.
 	Tag any
+	// Timing is filled in by the Host as the job goes; read it after the job's Event.
+	Timing Timing
+}
+
+// Timing records when a job's steps happened, to explain a slow answer.
+type Timing struct {
+	Forked  time.Time // the worker was forked (for a spare, before the job existed)
+	Ready   time.Time // its ready line arrived
+	Written time.Time // the request was written to it
+	Replied time.Time // its reply arrived
 }
 
 // Event reports the end of a job, the end of a worker process, or both at once (the usual
@@ -384,15 +394,18 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 		}
 	}
 	cur, replied := job, false
+	var readyAt time.Time
 	p.setJob(cur)
 	send := func(j *Job) {
 		if j.Timeout > 0 {
 			p.setDeadline(j.Timeout)
 		}
+		j.Timing.Forked, j.Timing.Ready = p.started, readyAt
 		req, err := json.Marshal(ipc.WorkerRequest{ID: j.ID, Topic: j.Topic, Data: j.Data})
 		if err == nil {
 			_, err = p.stdin.Write(append(req, '\n'))
 		}
+		j.Timing.Written = time.Now()
 		// EPIPE means it is gone already; its exit says why.
 		if err != nil && !errors.Is(err, syscall.EPIPE) {
 			fail(fmt.Errorf("writing request: %w", err))
@@ -423,7 +436,10 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 				} else if r.Protocol != ipc.ProtocolVersion {
 					fail(fmt.Errorf("worker speaks protocol %d, want %d", r.Protocol, ipc.ProtocolVersion))
 				}
-				ready = true
+				ready, readyAt = true, time.Now()
+				if cur != nil {
+					cur.Timing.Ready = readyAt
+				}
 				if h.opts.OnReady != nil && protoErr == nil {
 					h.opts.OnReady(time.Since(ex.Started))
 				}
@@ -449,6 +465,7 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 					break
 				}
 				p.setDeadline(0)
+				cur.Timing.Replied = time.Now()
 				replied = true
 				ex.Served++
 				if cur.OnReply != nil {

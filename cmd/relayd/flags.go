@@ -40,6 +40,7 @@ type config struct {
 	killGrace       time.Duration
 	maxRestarts     int
 	statsInterval   time.Duration
+	slowThreshold   time.Duration
 	shutdownTimeout time.Duration
 	maxMessageBytes int
 	authorize       func(unix.Ucred) error
@@ -96,6 +97,7 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	fs.DurationVar(&cfg.killGrace, "kill-grace", 2*time.Second, "time between SIGTERM and SIGKILL when a worker is stopped")
 	fs.IntVar(&cfg.maxRestarts, "max-restarts", 2, "retries of a message whose worker failed, on fresh workers with backoff")
 	fs.DurationVar(&cfg.statsInterval, "stats-interval", 5*time.Second, "period of the stats log line (0 turns it off)")
+	fs.DurationVar(&cfg.slowThreshold, "slow-threshold", time.Second, "log every message answered later than this, with where the time went (0 turns it off)")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running workers may finish after SIGTERM")
 	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 1<<20, "longest request line; longer ones are answered too_large")
 	fs.DurationVar(&rlimitCPU, "worker-rlimit-cpu", 30*time.Second, "CPU time limit of a worker (RLIMIT_CPU; 0 for none)")
@@ -149,7 +151,7 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	if cfg.queue < 0 || cfg.maxRestarts < 0 || cfg.maxConns < 0 || cfg.spares < 0 {
 		return nil, fmt.Errorf("--queue, --max-restarts, --max-conns and --spares must not be negative")
 	}
-	if cfg.messageTimeout < 0 || cfg.killGrace < 0 || cfg.shutdownTimeout < 0 || cfg.statsInterval < 0 || cfg.frameTimeout < 0 {
+	if cfg.messageTimeout < 0 || cfg.killGrace < 0 || cfg.shutdownTimeout < 0 || cfg.statsInterval < 0 || cfg.frameTimeout < 0 || cfg.slowThreshold < 0 {
 		return nil, fmt.Errorf("durations must not be negative")
 	}
 

@@ -82,6 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		Backoff:         supervisor.Backoff{Initial: 10 * time.Millisecond, Max: time.Second, Multiplier: 2, Jitter: 0.5},
 		ProbeBackoff:    supervisor.Backoff{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Multiplier: 2, Jitter: 0.2},
 		StatsInterval:   cfg.statsInterval,
+		SlowThreshold:   cfg.slowThreshold,
 		OnStats: func(s relay.Stats) {
 			daemon.SdNotify(false, fmt.Sprintf("STATUS=messages=%d workers_spawned=%d in_flight=%d queued=%d restarts=%d",
 				s.Messages, s.WorkersSpawned, s.InFlight, s.Queued, s.Restarts))
