@@ -86,11 +86,13 @@ type Config struct {
 // from clients) and its events (EXIT events of its workers); it alone owns the queue and the
 // retry timers.
 type Relay struct {
-	cfg     Config
-	log     hclog.Logger
-	inbox   chan *Message
-	retries chan *Message
-	stats   *counters
+	cfg      Config
+	log      hclog.Logger
+	inbox    chan *Message
+	retries  chan *Message
+	settings chan Settings
+	done     chan struct{} // closed when Run returns
+	stats    *counters
 
 	// Owned by the Run loop.
 	seq         uint64
@@ -123,6 +125,8 @@ func New(cfg Config) *Relay {
 		log:         cfg.Logger,
 		inbox:       make(chan *Message, 256),
 		retries:     make(chan *Message),
+		settings:    make(chan Settings),
+		done:        make(chan struct{}),
 		stats:       newCounters(),
 		retryTimers: make(map[*Message]*time.Timer),
 	}
@@ -138,6 +142,7 @@ func (r *Relay) CloseInbox() { close(r.inbox) }
 // Run is the relay's loop. It returns once the inbox is closed and every message it took is
 // answered. Cancelling ctx kills every worker at once (the second signal).
 func (r *Relay) Run(ctx context.Context) error {
+	defer close(r.done)
 	r.log.Info("relay started", "pid", os.Getpid())
 	var reporter sync.WaitGroup
 	stopStats := make(chan struct{})
@@ -172,6 +177,8 @@ func (r *Relay) Run(ctx context.Context) error {
 		case m := <-r.retries:
 			delete(r.retryTimers, m)
 			r.admit(m, true)
+		case s := <-r.settings:
+			r.apply(s)
 		case <-watchdog:
 			r.cfg.Watchdog()
 		case <-shutdown:
@@ -189,6 +196,29 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// Settings are the parts of Config that can change while the relay runs.
+type Settings struct {
+	MaxWorkers, Queue, MaxRestarts                            int
+	MessageTimeout, KillGrace, ShutdownTimeout, SlowThreshold time.Duration
+}
+
+// Reconfigure hands new settings to the relay's loop, which applies them to what it does from
+// then on: running workers keep their deadlines. It returns once they are applied, or at once
+// if the relay has stopped.
+func (r *Relay) Reconfigure(s Settings) {
+	select {
+	case r.settings <- s:
+	case <-r.done:
+	}
+}
+
+func (r *Relay) apply(s Settings) {
+	c := &r.cfg
+	c.MaxWorkers, c.Queue, c.MaxRestarts = max(1, s.MaxWorkers), s.Queue, s.MaxRestarts
+	c.MessageTimeout, c.KillGrace, c.ShutdownTimeout, c.SlowThreshold = s.MessageTimeout, s.KillGrace, s.ShutdownTimeout, s.SlowThreshold
+	r.pump()
 }
 
 // receive handles one message from the inbox.

@@ -112,6 +112,7 @@ type Host struct {
 	workers  sync.WaitGroup
 	bg       sync.WaitGroup // spawner threads, the sweeper and the spare refiller
 	spawned  atomic.Uint64
+	spec     atomic.Pointer[WorkerSpec]
 	mu       sync.Mutex  // orders the refiller's forks before Close's wait
 	closed   atomic.Bool // set under mu
 }
@@ -152,6 +153,7 @@ func New(opts Options) (*Host, error) {
 		done:    make(chan struct{}),
 		idle:    make(chan *proc, idle),
 	}
+	h.spec.Store(&WorkerSpec{Args: opts.Args, Env: opts.Env, Limits: opts.Limits, KillGrace: opts.KillGrace})
 	// Pdeathsig fires when the thread that forked the child ends, not the process, so workers
 	// are forked only from threads that live as long as the Host.
 	n := max(runtime.GOMAXPROCS(0), 2)
@@ -170,6 +172,20 @@ func New(opts Options) (*Host, error) {
 	}
 	return h, nil
 }
+
+// WorkerSpec is what a Host may change about the workers it starts from now on.
+type WorkerSpec struct {
+	Args      []string
+	Env       []string
+	Limits    []Rlimit
+	KillGrace time.Duration
+}
+
+// Reconfigure applies spec to workers started from now on (and KillGrace to every stop from
+// now on); running workers keep what they were started with.
+func (h *Host) Reconfigure(spec WorkerSpec) { h.spec.Store(&spec) }
+
+func (h *Host) killGrace() time.Duration { return h.spec.Load().KillGrace }
 
 // Name is the host's name, shown in replies as the worker's host.
 func (h *Host) Name() string { return h.opts.Name }
@@ -320,8 +336,9 @@ func (h *Host) life(job *Job, spare bool) {
 
 // start forks a worker and applies its limits.
 func (h *Host) start(attempt int) (*proc, error) {
-	cmd := exec.Command(h.opts.Path, h.opts.Args...)
-	cmd.Env = append(slices.Clip(h.opts.Env), "RELAY_ATTEMPT="+strconv.Itoa(attempt))
+	spec := h.spec.Load()
+	cmd := exec.Command(h.opts.Path, spec.Args...)
+	cmd.Env = append(slices.Clip(spec.Env), "RELAY_ATTEMPT="+strconv.Itoa(attempt))
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:    true,
 		Pdeathsig:  syscall.SIGKILL,
@@ -351,7 +368,7 @@ func (h *Host) start(attempt int) (*proc, error) {
 		return nil, fmt.Errorf("starting worker %q: %w", h.opts.Path, err)
 	}
 	h.spawned.Add(1)
-	if err := applyLimits(p.pid, h.opts.Limits); err != nil {
+	if err := applyLimits(p.pid, spec.Limits); err != nil {
 		return p, fmt.Errorf("limiting worker %d: %w", p.pid, err)
 	}
 	return p, nil
@@ -490,7 +507,7 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 			waited = nil
 			jobs = nil
 			if lines != nil {
-				drain = time.After(max(h.opts.KillGrace, 100*time.Millisecond))
+				drain = time.After(max(h.killGrace(), 100*time.Millisecond))
 			}
 		case <-drain:
 			// Something the sweep could not reach still holds the pipe; stop reading it.

@@ -152,7 +152,7 @@ func (p *proc) setDeadline(d time.Duration) {
 		p.deadline = nil
 	}
 	if d > 0 && !p.reaped {
-		p.deadline = time.AfterFunc(d, func() { p.stop(Reason{Kind: ReasonTimeout}, p.host.opts.KillGrace) })
+		p.deadline = time.AfterFunc(d, func() { p.stop(Reason{Kind: ReasonTimeout}, p.host.killGrace()) })
 	}
 }
 

@@ -46,6 +46,8 @@ type config struct {
 	authorize       func(unix.Ucred) error
 	logLevel        string
 	logFormat       string
+	// values holds every setting as text, to tell what a reload changes.
+	values map[string]string
 }
 
 const usageHead = `Usage: relayd [flags]
@@ -76,7 +78,9 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 		workerUser   string
 		workerGroup  string
 		showVersion  bool
+		configPath   string
 	)
+	fs.StringVar(&configPath, "config", "", "read settings from this `file`: one \"name = value\" a line, names as the long flags; flags given here win; SIGHUP re-reads it")
 	fs.StringVar(&cfg.socket, "socket", "", "Unix socket `path` to listen on (default $RELAY_SOCKET, then "+ipc.DefaultSocket+")")
 	fs.StringVar(&socketMode, "socket-mode", "0660", "permission `mode` of the socket file (octal)")
 	fs.StringVar(&cfg.socketGroup, "socket-group", "", "group `name` that owns the socket file")
@@ -124,6 +128,13 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	case fs.NArg() > 0:
 		return nil, fmt.Errorf("unexpected argument %q (see relayd --help)", fs.Arg(0))
 	}
+	if configPath != "" {
+		if err := readConfig(fs, configPath); err != nil {
+			return nil, err
+		}
+	}
+	cfg.values = make(map[string]string)
+	fs.VisitAll(func(f *pflag.Flag) { cfg.values[f.Name] = f.Value.String() })
 
 	cfg.socket = ipc.ResolveSocket(cfg.socket, getenv)
 	if cfg.worker == "" {
@@ -307,4 +318,67 @@ func hasCapability(c int) bool {
 		return false
 	}
 	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
+}
+
+// readConfig sets every flag not given on the command line from a file of "name = value"
+// lines. Blank lines and lines starting with # are skipped; a repeatable flag may appear on
+// several lines.
+func readConfig(fs *pflag.FlagSet, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("reading config: %w", err)
+	}
+	onCommandLine := map[string]bool{}
+	fs.Visit(func(f *pflag.Flag) { onCommandLine[f.Name] = true })
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, value, ok := strings.Cut(line, "=")
+		name, value = strings.TrimSpace(name), strings.TrimSpace(value)
+		if unq, err := strconv.Unquote(value); err == nil {
+			value = unq
+		}
+		f := fs.Lookup(name)
+		switch {
+		case !ok:
+			return fmt.Errorf("%s:%d: want \"name = value\", got %q", path, i+1, line)
+		case f == nil || name == "config" || name == "help" || name == "version":
+			return fmt.Errorf("%s:%d: unknown setting %q", path, i+1, name)
+		case onCommandLine[name]:
+			continue
+		}
+		if err := fs.Set(name, value); err != nil {
+			return fmt.Errorf("%s:%d: %s: %w", path, i+1, name, err)
+		}
+	}
+	return nil
+}
+
+// reloadable are the settings a SIGHUP applies without a restart: they govern what relayd
+// does from now on, not the socket or the process it runs as.
+var reloadable = map[string]bool{
+	"log-level": true, "message-timeout": true, "kill-grace": true, "shutdown-timeout": true,
+	"max-restarts": true, "max-workers": true, "queue": true, "slow-threshold": true,
+	"worker-arg": true, "worker-env": true, "allow-fault-injection": true,
+	"worker-rlimit-cpu": true, "worker-rlimit-nofile": true, "worker-rlimit-data": true, "worker-rlimit-as": true,
+}
+
+// diffSettings lists the settings whose values differ, split into those a reload applies and
+// those that need a restart.
+func diffSettings(old, new map[string]string) (apply, restart []string) {
+	for name, v := range new {
+		if old[name] == v {
+			continue
+		}
+		if reloadable[name] {
+			apply = append(apply, name)
+		} else {
+			restart = append(restart, name)
+		}
+	}
+	slices.Sort(apply)
+	slices.Sort(restart)
+	return apply, restart
 }

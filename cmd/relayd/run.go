@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -113,10 +114,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	go func() { serveDone <- srv.Serve(ln) }()
 	daemon.SdNotify(false, daemon.SdNotifyReady)
 
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	var serveErr error
-	select {
-	case <-ctx.Done():
-	case serveErr = <-serveDone:
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case serveErr = <-serveDone:
+			break wait
+		case <-hup:
+			cfg = reload(cfg, args, getenv, log, host, rl)
+		}
 	}
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	log.Info("shutting down", "in_flight", rl.Stats().InFlight)
@@ -144,6 +155,47 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	log.Info("relay stopped")
 	return serveErr
+}
+
+// reload re-reads the flags and the config file on SIGHUP and applies what can change without
+// dropping the socket or in-flight work. On any error it keeps the old settings. It returns the
+// settings now in force.
+func reload(cfg *config, args []string, getenv func(string) string, log hclog.Logger, host *supervisor.Host, rl *relay.Relay) *config {
+	next, err := parseFlags(args, io.Discard, getenv)
+	if err != nil {
+		log.Error("reload failed; keeping the old settings", "error", err)
+		return cfg
+	}
+	apply, restart := diffSettings(cfg.values, next.values)
+	if len(restart) > 0 {
+		log.Warn("reload: these settings need a restart and were left as they are", "settings", strings.Join(restart, ","))
+		for _, name := range restart {
+			next.values[name] = cfg.values[name]
+		}
+	}
+	if len(apply) == 0 {
+		log.Info("reload: nothing to change")
+		return cfg
+	}
+	log.SetLevel(hclog.LevelFromString(next.logLevel))
+	host.Reconfigure(supervisor.WorkerSpec{Args: next.workerArgs, Env: next.workerEnv, Limits: next.limits, KillGrace: next.killGrace})
+	rl.Reconfigure(relay.Settings{
+		MaxWorkers: next.maxWorkers, Queue: next.queue, MaxRestarts: next.maxRestarts,
+		MessageTimeout: next.messageTimeout, KillGrace: next.killGrace, ShutdownTimeout: next.shutdownTimeout,
+		SlowThreshold: next.slowThreshold,
+	})
+	changes := make([]any, 0, 2*len(apply))
+	for _, name := range apply {
+		changes = append(changes, name, cfg.values[name]+" -> "+next.values[name])
+	}
+	log.Info("config reloaded", changes...)
+	// Keep what needs a restart as it runs; take the rest.
+	kept := *cfg
+	kept.values = next.values
+	kept.logLevel, kept.workerArgs, kept.workerEnv, kept.limits = next.logLevel, next.workerArgs, next.workerEnv, next.limits
+	kept.killGrace, kept.maxWorkers, kept.queue, kept.maxRestarts = next.killGrace, next.maxWorkers, next.queue, next.maxRestarts
+	kept.messageTimeout, kept.shutdownTimeout, kept.slowThreshold = next.messageTimeout, next.shutdownTimeout, next.slowThreshold
+	return &kept
 }
 
 func watchdogInterval() time.Duration {
