@@ -186,14 +186,15 @@ echo '{"id":"1","data":"ok"}'
 	if len(left) != 2 {
 		t.Fatalf("script recorded %q, want two pids", left)
 	}
-	deadline := time.Now().Add(2 * time.Second)
+	// The sweep after the worker's exit must find them, not the once-a-second full sweep.
+	deadline := time.Now().Add(500 * time.Millisecond)
 	for _, s := range left {
 		pid, _ := strconv.Atoi(s)
 		for unix.Kill(pid, 0) == nil && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
-			t.Errorf("leftover %d still exists (or is an unreaped zombie) 2s after its worker exited", pid)
+			t.Errorf("leftover %d still exists (or is an unreaped zombie) 500ms after its worker exited", pid)
 		}
 	}
 }

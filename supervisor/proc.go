@@ -233,7 +233,9 @@ func (h *Host) triggerSweep() {
 }
 
 // sweeper kills and reaps what workers leave behind: processes that outlived their worker and
-// were re-parented to this subreaper. It runs after every worker's exit and once a second.
+// were re-parented to this subreaper. After every worker's exit it looks where the kernel puts
+// re-parented processes (the main thread's children), which costs one small read; once a second
+// it looks at the children of every thread.
 func (h *Host) sweeper() {
 	defer h.bg.Done()
 	t := time.NewTicker(time.Second)
@@ -241,23 +243,25 @@ func (h *Host) sweeper() {
 	for {
 		select {
 		case <-h.sweepc:
+			h.sweep(false)
 		case <-t.C:
+			h.sweep(true)
 		case <-h.done:
-			h.sweep()
+			h.sweep(true)
 			return
 		}
-		h.sweep()
 	}
 }
 
 // sweep kills every child of this process that is not a tracked worker, then reaps it. Killing
-// a leftover re-parents its own children here, so it repeats until none are found.
-func (h *Host) sweep() {
+// a leftover re-parents its own children here, so it repeats until none are found. full looks
+// at every thread's children, not only the main thread's.
+func (h *Host) sweep(full bool) {
 	for range 64 {
 		tracked.Lock()
 		trackedMu.Lock()
 		var left []int
-		for _, pid := range children() {
+		for _, pid := range children(full) {
 			if _, ok := tracked.procs[pid]; !ok {
 				unix.Kill(pid, syscall.SIGKILL)
 				left = append(left, pid)
@@ -277,15 +281,24 @@ func (h *Host) sweep() {
 	}
 }
 
-// children lists the pids of this process's children, from every thread's children file.
-func children() []int {
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return nil
+// children lists the pids of this process's children: those of its main thread, where the
+// kernel re-parents orphans to a subreaper, or with all, those of every thread (a child belongs
+// to the thread that forked it).
+func children(all bool) []int {
+	tasks := []string{strconv.Itoa(os.Getpid())}
+	if all {
+		entries, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			return nil
+		}
+		tasks = tasks[:0]
+		for _, e := range entries {
+			tasks = append(tasks, e.Name())
+		}
 	}
 	var pids []int
 	for _, t := range tasks {
-		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		b, err := os.ReadFile("/proc/self/task/" + t + "/children")
 		if err != nil {
 			continue
 		}
