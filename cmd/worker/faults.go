@@ -217,7 +217,7 @@ var directiveUsage = map[string]string{
 // diagnose (!sleep, !stderr, !env, !fds, !rlimits) do not log: !stderr in particular writes
 // exactly the lines it was asked for.
 func (w *worker) injected(directive string, args ...any) {
-	w.logger().Info("fault injected", append([]any{"directive", directive}, args...)...)
+	w.logLine("info", "fault injected", append([]any{"directive", directive}, args...)...)
 }
 
 // dieOfSIGSEGV kills the process with a real SIGSEGV, as a crashing C program dies. The Go

@@ -628,3 +628,15 @@ func TestRunInProcess(t *testing.T) {
 		t.Errorf("stdout = %q, want %q", got, want)
 	}
 }
+
+func TestReadyLine(t *testing.T) {
+	for _, pid := range []int{1, 48213, 4194304} {
+		want, err := json.Marshal(ipc.Ready{Ready: true, Protocol: ipc.ProtocolVersion, PID: pid})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(readyLine(pid)); got != string(want)+"\n" {
+			t.Errorf("readyLine(%d) = %q, want %q", pid, got, want)
+		}
+	}
+}
