@@ -30,13 +30,28 @@ run: build ## Start relayd on a private socket and open the echo REPL; relayd st
 	RELAY_SOCKET="$$sock" $(BIN)/echo
 
 .PHONY: test
-test: ## Run every test: gofmt, vet, unit and end-to-end tests with the race detector, a short fuzz run, the unit-file checks.
+test: ## Run every test: gofmt, vet, unit and end-to-end tests with the race detector, a short fuzz run, the unit-file and install checks.
 	@fmt=$$(gofmt -l .); if [ -n "$$fmt" ]; then echo "gofmt would change:"; echo "$$fmt"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 	GODEBUG=execwait=2 $(GO) test -count=1 ./supervisor/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeRequest -fuzztime=10s ./ipc/
 	deploy/systemd/check.sh
+	deploy/check-install.sh
+
+BENCH_FLAGS ?=
+
+.PHONY: bench
+bench: build ## Run the benchmark of issue 5 (about 5 minutes; report also in bin/bench.md); installs s6 for its peer when root with apt-get.
+	@command -v s6-ipcserver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  echo "installing s6 (for the s6-ipcserver peer)" && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq s6 >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq s6 >/dev/null 2>&1; }; }; } || true
+	$(GO) run ./bench --bin $(BIN) --out $(BIN)/bench.md $(BENCH_FLAGS)
+
+.PHONY: bench-smoke
+bench-smoke: build ## Run the benchmark on a few dozen messages, to prove that every measurement works.
+	$(GO) run ./bench --bin $(BIN) --smoke
 
 .PHONY: lint
 lint: ## Run go vet, the gofmt check and staticcheck.
