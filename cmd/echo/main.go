@@ -42,6 +42,13 @@ Sends messages to relayd over its Unix socket and prints the answers.
   cmd | echo            sends each input line as a message, pipelined on one connection, and
                         prints one line per input line, in input order
   echo --stats          prints the relay's counters as sorted "name value" lines
+  echo --status         prints the registered names, a table of the live workers (PID, AGE,
+                        STATE busy or idle, ATTEMPT, SENDER connection, MESSAGE id) and a
+                        stats line; with --json the reply frame
+  echo --top            on a terminal, a live view of the stats and workers that refreshes once
+                        a second, like top (q or Ctrl+C quits; the last frame stays); otherwise
+                        --count snapshots a second apart (default 1), or with --json one status
+                        frame a line
 
 Put -- before a message that starts with a dash. Installed as relay-echo so that it never
 shadows the shell's echo.
@@ -52,8 +59,9 @@ prints its frame) and "echo: line N: reason" on stderr, and newlines inside an a
 
 Exit status: 0 every message answered; 1 an error reply; 2 usage; 3 relay not available (or the
 connection to it lost); 4 no answer within --timeout; 130 interrupted by SIGINT or SIGTERM before
-every answer came (the REPL exits 0). When lines fail differently the worst wins: 3, then 4,
-then 1, since an unanswered message's fate is unknown and an error reply's is not.
+every answer came (the REPL and --top exit 0). When lines fail differently the worst wins: 3,
+then 4, then 1, since an unanswered message's fate is unknown and an error reply's is not. The
+live --top view shows a lost relay and keeps trying; --top snapshots stop with its exit status.
 
 Colours are used only when stdout is a terminal and NO_COLOR is not set.
 
@@ -66,6 +74,9 @@ type options struct {
 	timeout time.Duration
 	json    bool
 	stats   bool
+	status  bool
+	top     bool
+	count   int
 	to      string
 	topic   string
 }
@@ -127,6 +138,9 @@ func run(ctx context.Context, args []string, lookupEnv env, stdin io.Reader, std
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Second, "how long to wait for each answer, counted from when its request is sent")
 	fs.BoolVar(&o.json, "json", false, "print reply frames as JSON lines")
 	fs.BoolVar(&o.stats, "stats", false, `ask the relay for its counters (topic "stats") and print them`)
+	fs.BoolVar(&o.status, "status", false, `ask the relay for its names and live workers (topic "status") and print them as a table`)
+	fs.BoolVar(&o.top, "top", false, "show the relay's stats and workers once a second: live on a terminal, else --count snapshots")
+	fs.IntVar(&o.count, "count", 0, "with --top: stop after `N` refreshes (0: until q, Ctrl+C or SIGTERM; default 0 on a terminal, 1 otherwise)")
 	fs.StringVar(&o.to, "to", "relay", "the registered `name` to send messages to")
 	fs.StringVar(&o.topic, "topic", "echo", "the `topic` of each message")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -146,8 +160,21 @@ func run(ctx context.Context, args []string, lookupEnv env, stdin io.Reader, std
 		return exitf(exitUsage, "--timeout must be positive, not %v", o.timeout)
 	case o.to == "" || o.topic == "":
 		return exitf(exitUsage, "--to and --topic must not be empty")
+	case countTrue(o.stats, o.status, o.top) > 1:
+		return exitf(exitUsage, "--stats, --status and --top exclude each other")
 	case o.stats && fs.NArg() > 0:
 		return exitf(exitUsage, "--stats takes no message arguments")
+	case o.status && fs.NArg() > 0:
+		return exitf(exitUsage, "--status takes no message arguments")
+	case o.top && fs.NArg() > 0:
+		return exitf(exitUsage, "--top takes no message arguments")
+	case fs.Changed("count") && !o.top:
+		return exitf(exitUsage, "--count goes with --top")
+	case o.count < 0:
+		return exitf(exitUsage, "--count must not be negative, not %d", o.count)
+	}
+	if o.top && !fs.Changed("count") && (o.json || !isTerminal(stdout)) {
+		o.count = 1
 	}
 	getenv := func(k string) string { v, _ := lookupEnv(k); return v }
 	o.socket = ipc.ResolveSocket(o.socket, getenv)
@@ -156,6 +183,10 @@ func run(ctx context.Context, args []string, lookupEnv env, stdin io.Reader, std
 	switch {
 	case o.stats:
 		return stats(ctx, o, stdout)
+	case o.status:
+		return status(ctx, o, stdout)
+	case o.top:
+		return top(ctx, o, stdin, stdout)
 	case fs.NArg() > 0:
 		return oneShot(ctx, o, strings.Join(fs.Args(), " "), stdout)
 	case isTerminal(stdin) && isTerminal(stdout):
@@ -163,6 +194,16 @@ func run(ctx context.Context, args []string, lookupEnv env, stdin io.Reader, std
 	default:
 		return pipe(ctx, o, stdin, stdout, stderr)
 	}
+}
+
+func countTrue(bs ...bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
 }
 
 // useColor reports whether output to stdout gets colours: only on a terminal, and never with

@@ -76,6 +76,25 @@ func TestRunWithoutRelay(t *testing.T) {
 			name: "stats", args: []string{"--stats"}, env: []string{"RELAY_SOCKET=" + missing},
 			wantCode: exitUnavailable, wantStderr: "relay not available at " + missing + ":",
 		},
+		{name: "status with a message", args: []string{"--status", "hi"}, wantCode: exitUsage, wantStderr: "--status takes no message arguments"},
+		{name: "top with a message", args: []string{"--top", "hi"}, wantCode: exitUsage, wantStderr: "--top takes no message arguments"},
+		{name: "status and top", args: []string{"--status", "--top"}, wantCode: exitUsage, wantStderr: "--stats, --status and --top exclude each other"},
+		{name: "stats and status", args: []string{"--stats", "--status"}, wantCode: exitUsage, wantStderr: "exclude each other"},
+		{name: "count without top", args: []string{"--count=2", "--status"}, wantCode: exitUsage, wantStderr: "--count goes with --top"},
+		{name: "negative count", args: []string{"--top", "--count=-1"}, wantCode: exitUsage, wantStderr: "--count must not be negative, not -1"},
+		{
+			name: "status", args: []string{"--status"}, env: []string{"RELAY_SOCKET=" + missing},
+			wantCode: exitUnavailable, wantStderr: "echo: relay not available at " + missing + ": no such file or directory\n",
+		},
+		{
+			name: "status json", args: []string{"--status", "--json"}, env: []string{"RELAY_SOCKET=" + missing},
+			wantCode: exitUnavailable, wantStderr: "relay not available at " + missing + ":",
+		},
+		{
+			name: "top snapshots", args: []string{"--top", "--count=5"}, env: []string{"RELAY_SOCKET=" + missing},
+			wantCode: exitUnavailable, wantStderr: "relay not available at " + missing + ":",
+		},
+		{name: "help shows status and top", args: []string{"--help"}, wantCode: exitOK, wantStdout: "echo --top            on a terminal, a live view"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

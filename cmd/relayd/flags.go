@@ -46,6 +46,7 @@ type config struct {
 	authorize       func(unix.Ucred) error
 	logLevel        string
 	logFormat       string
+	metricsAddr     metricsAddr
 	// values holds every setting as text, to tell what a reload changes.
 	values map[string]string
 }
@@ -101,6 +102,7 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	fs.DurationVar(&cfg.killGrace, "kill-grace", 2*time.Second, "time between SIGTERM and SIGKILL when a worker is stopped")
 	fs.IntVar(&cfg.maxRestarts, "max-restarts", 2, "retries of a message whose worker failed, on fresh workers with backoff")
 	fs.DurationVar(&cfg.statsInterval, "stats-interval", 5*time.Second, "period of the stats log line (0 turns it off)")
+	fs.Var(&cfg.metricsAddr, "metrics-addr", "serve Prometheus metrics at /metrics on `addr`: unix:PATH (mode 0660) or a loopback HOST:PORT such as 127.0.0.1:9464 (port 0 picks a free one and logs it); off by default")
 	fs.DurationVar(&cfg.slowThreshold, "slow-threshold", time.Second, "log every message answered later than this, with where the time went (0 turns it off)")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running workers may finish after SIGTERM")
 	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 1<<20, "longest request line; longer ones are answered too_large")

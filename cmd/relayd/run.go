@@ -45,6 +45,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		// journald stamps every line itself.
 		DisableTime: getenv("JOURNAL_STREAM") != "",
 	})
+	mx, err := startMetrics(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer mx.close()
 
 	host, err := supervisor.New(supervisor.Options{
 		Name:        "processes",
@@ -58,6 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		Spares:      cfg.spares,
 		MaxRequests: cfg.maxRequests,
 		MaxIdle:     max(8, cfg.spares),
+		OnReady:     mx.onReady(),
 		Logger:      log.Named("worker"),
 	})
 	if err != nil {
@@ -84,6 +90,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		ProbeBackoff:    supervisor.Backoff{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Multiplier: 2, Jitter: 0.2},
 		StatsInterval:   cfg.statsInterval,
 		SlowThreshold:   cfg.slowThreshold,
+		Budget:          mx.retryBudget(),
+		Observer:        mx.observer(),
 		OnStats: func(s relay.Stats) {
 			daemon.SdNotify(false, fmt.Sprintf("STATUS=messages=%d workers_spawned=%d in_flight=%d queued=%d restarts=%d",
 				s.Messages, s.WorkersSpawned, s.InFlight, s.Queued, s.Restarts))
@@ -102,8 +110,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		MaxConns:        cfg.maxConns,
 		FrameTimeout:    cfg.frameTimeout,
 		Authorize:       cfg.authorize,
+		Observer:        mx.observer(),
 		Logger:          log,
 	})
+	mx.serve(rl, srv)
 
 	// A second SIGINT or SIGTERM during the drain stops every worker at once.
 	hard, cancelHard := context.WithCancel(context.Background())

@@ -1,0 +1,246 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+
+	"relayd/ipc"
+)
+
+// topicStatus is the relay's topic that lists its names and live workers.
+const topicStatus = "status"
+
+// statusData is the data of a status reply, as the wire carries it. Fields echo does not know
+// are ignored, so an older echo still reads a newer relay.
+type statusData struct {
+	Names   []string       `json:"names"`
+	Workers []workerStatus `json:"workers"`
+	Stats   statsData      `json:"stats"`
+}
+
+type workerStatus struct {
+	PID        int             `json:"pid"`
+	AgeSeconds float64         `json:"age_seconds"`
+	State      string          `json:"state"`
+	Attempt    int             `json:"attempt"`
+	Sender     string          `json:"sender"`
+	MessageID  json.RawMessage `json:"message_id"`
+}
+
+type statsData struct {
+	Messages       uint64            `json:"messages"`
+	WorkersSpawned uint64            `json:"workers_spawned"`
+	InFlight       int64             `json:"in_flight"`
+	Queued         int64             `json:"queued"`
+	SparesReady    int               `json:"spares_ready"`
+	Restarts       uint64            `json:"restarts"`
+	Exits          map[string]uint64 `json:"exits"`
+	UptimeSeconds  float64           `json:"uptime_seconds"`
+	Goroutines     int               `json:"goroutines"`
+}
+
+// status asks the relay for its names and live workers and prints them as a table, or with
+// --json the reply frame.
+func status(ctx context.Context, o options, stdout io.Writer) error {
+	a, err := ask(ctx, o, topicStatus, nil)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		fmt.Fprintf(stdout, "%s\n", a.Raw)
+	}
+	if a.Error != nil {
+		return &exitError{code: exitReplyError, err: a.Error}
+	}
+	if o.json {
+		return nil
+	}
+	st, err := parseStatus(a.Data)
+	if err != nil {
+		return err
+	}
+	return writeStatus(stdout, st)
+}
+
+func parseStatus(data json.RawMessage) (statusData, error) {
+	var st statusData
+	if err := json.Unmarshal(data, &st); err != nil {
+		return st, &exitError{code: exitReplyError, err: fmt.Errorf("status reply is not a status: %v", err)}
+	}
+	return st, nil
+}
+
+// writeStatus prints the registered names, the workers table and the stats line:
+//
+//	names: relay
+//
+//	PID    AGE   STATE  ATTEMPT  SENDER                   MESSAGE
+//	18601  0.7s  busy   1        conn-1(pid=19853,uid=0)  1
+//	18607  0.7s  idle   -        -                        -
+//
+//	stats: messages=1 workers_spawned=3 in_flight=1 …
+func writeStatus(w io.Writer, st statusData) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "names: %s\n\n", namesText(st.Names))
+	writeWorkers(&b, st.Workers)
+	fmt.Fprintf(&b, "\nstats: %s\n", statsLine(st.Stats))
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeTop prints one frame of --top: a title line, the stats, then the workers.
+func writeTop(w io.Writer, socket string, now time.Time, st statusData) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "relayd %s  %s  up %s  names: %s\n", clean(socket), now.Format(time.TimeOnly),
+		formatAge(st.Stats.UptimeSeconds), namesText(st.Names))
+	fmt.Fprintf(&b, "stats: %s\n\n", statsLine(st.Stats))
+	writeWorkers(&b, st.Workers)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func namesText(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = clean(n)
+	}
+	return strings.Join(out, ", ")
+}
+
+// writeWorkers prints the workers table, oldest first (a stuck worker rises to the top), or a
+// line saying there are none.
+func writeWorkers(b *strings.Builder, workers []workerStatus) {
+	if len(workers) == 0 {
+		b.WriteString("no live workers\n")
+		return
+	}
+	ws := slices.Clone(workers)
+	slices.SortStableFunc(ws, func(x, y workerStatus) int {
+		if c := cmp.Compare(y.AgeSeconds, x.AgeSeconds); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.PID, y.PID)
+	})
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PID\tAGE\tSTATE\tATTEMPT\tSENDER\tMESSAGE")
+	for _, w := range ws {
+		attempt, sender, msg := "-", "-", "-"
+		if w.Attempt > 0 {
+			attempt = strconv.Itoa(w.Attempt)
+		}
+		if w.Sender != "" {
+			sender = clean(w.Sender)
+		}
+		if len(w.MessageID) > 0 {
+			msg = clean(dataText(w.MessageID))
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", w.PID, formatAge(w.AgeSeconds), clean(w.State), attempt, sender, msg)
+	}
+	tw.Flush()
+}
+
+// statsLine is the stats as one line of name=value pairs, in the order of the stats log line.
+func statsLine(s statsData) string {
+	exits := "none"
+	if len(s.Exits) > 0 {
+		var parts []string
+		for _, k := range slices.Sorted(maps.Keys(s.Exits)) {
+			parts = append(parts, fmt.Sprintf("%s:%d", clean(k), s.Exits[k]))
+		}
+		exits = strings.Join(parts, ",")
+	}
+	return fmt.Sprintf("messages=%d workers_spawned=%d in_flight=%d queued=%d spares_ready=%d restarts=%d exits=%s uptime=%s goroutines=%d",
+		s.Messages, s.WorkersSpawned, s.InFlight, s.Queued, s.SparesReady, s.Restarts, exits, formatAge(s.UptimeSeconds), s.Goroutines)
+}
+
+// formatAge prints seconds as a short age: 0.7s, 42.0s, 3m07s, 2h05m, 3d04h.
+func formatAge(seconds float64) string {
+	if seconds < 0 {
+		seconds = 0
+	}
+	if seconds < 60 {
+		return strconv.FormatFloat(seconds, 'f', 1, 64) + "s"
+	}
+	s := int64(seconds)
+	switch {
+	case s < 3600:
+		return fmt.Sprintf("%dm%02ds", s/60, s%60)
+	case s < 86400:
+		return fmt.Sprintf("%dh%02dm", s/3600, s%3600/60)
+	}
+	return fmt.Sprintf("%dd%02dh", s/86400, s%86400/3600)
+}
+
+// clean makes text from the relay safe to print on a terminal: a string with control characters
+// (an escape sequence in a client's message id, say) prints quoted, with them escaped.
+func clean(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) < 0 {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+// poller asks the relay for its status over one connection, dialing again when it breaks, as
+// --top does once a second.
+type poller struct {
+	o options
+	c *ipc.Client
+}
+
+func (p *poller) close() {
+	if p.c != nil {
+		p.c.Close()
+		p.c = nil
+	}
+}
+
+// status returns the relay's status reply. Its errors carry echo's exit codes, as ask's do.
+func (p *poller) status(ctx context.Context) (ipc.Answer, error) {
+	if p.c != nil {
+		select {
+		case <-p.c.Done():
+			p.close()
+		default:
+		}
+	}
+	if p.c == nil {
+		c, err := dial(ctx, p.o)
+		if err != nil {
+			return ipc.Answer{}, err
+		}
+		p.c = c
+	}
+	call, err := p.c.Send(p.o.to, topicStatus, nil)
+	if err != nil {
+		p.close()
+		return ipc.Answer{}, exitf(exitUnavailable, "relay not available at %s: %v", p.o.socket, reason(err))
+	}
+	wctx, cancel := context.WithDeadline(ctx, call.Sent.Add(p.o.timeout))
+	defer cancel()
+	a, err := p.c.Wait(wctx, call)
+	switch {
+	case err == nil:
+		return a, nil
+	case ctx.Err() != nil:
+		return ipc.Answer{}, errInterrupted
+	case errors.Is(err, context.DeadlineExceeded):
+		return ipc.Answer{}, exitf(exitTimeout, "timeout after %v", p.o.timeout)
+	default:
+		p.close()
+		return ipc.Answer{}, exitf(exitUnavailable, "%v", err)
+	}
+}

@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"relayd/metrics"
+	"relayd/relay"
+	"relayd/supervisor"
+)
+
+// metricsAddr is the value of --metrics-addr: empty (no endpoint), unix:PATH, or a loopback
+// HOST:PORT. Set checks it, so a bad address stops relayd before it starts anything.
+type metricsAddr struct {
+	network string // "unix" or "tcp"; "" when off
+	address string
+}
+
+func (a *metricsAddr) String() string {
+	if a.network == "unix" {
+		return "unix:" + a.address
+	}
+	return a.address
+}
+
+func (a *metricsAddr) Type() string { return "addr" }
+
+func (a *metricsAddr) Set(s string) error {
+	if s == "" {
+		*a = metricsAddr{}
+		return nil
+	}
+	if path, ok := strings.CutPrefix(s, "unix:"); ok {
+		if path == "" {
+			return errors.New("unix: needs a socket path, e.g. unix:/run/relayd-metrics.sock")
+		}
+		*a = metricsAddr{network: "unix", address: path}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("want unix:PATH or a loopback HOST:PORT: %w", err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	const only = "metrics are served only on loopback (127.0.0.0/8, ::1, localhost) or a unix: socket"
+	switch {
+	case host == "":
+		return fmt.Errorf("no host means every interface; %s", only)
+	case !isLoopback(host):
+		return fmt.Errorf("%s is not a loopback address; %s", host, only)
+	}
+	*a = metricsAddr{network: "tcp", address: s}
+	return nil
+}
+
+// isLoopback reports whether host is localhost or a loopback IP literal. Other names are
+// refused rather than resolved: what a name resolves to can change.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// metricsEndpoint serves relayd's metrics on --metrics-addr. A nil *metricsEndpoint is the
+// endpoint turned off: every method does nothing and hands out nil hooks.
+type metricsEndpoint struct {
+	m      *metrics.Metrics
+	budget *supervisor.RetryBudget
+	ln     net.Listener
+	srv    *http.Server
+	log    hclog.Logger
+	served chan struct{} // closed when Serve has returned
+
+	mu       sync.Mutex
+	closing  bool           // guarded by mu; no more requests are handled
+	handlers sync.WaitGroup // requests being handled; Add under mu while !closing
+}
+
+// startMetrics binds --metrics-addr, before relayd forks or listens on anything else, so that a
+// bad address fails the start. It returns nil when --metrics-addr is not set. Requests are served
+// only once serve is called.
+func startMetrics(cfg *config, log hclog.Logger) (*metricsEndpoint, error) {
+	a := cfg.metricsAddr
+	if a.network == "" {
+		return nil, nil
+	}
+	var ln net.Listener
+	var err error
+	if a.network == "unix" {
+		ln, err = listenMetricsUnix(a.address, cfg)
+	} else {
+		ln, err = listenMetricsTCP(a.address)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr %s: %w", a.String(), err)
+	}
+	e := &metricsEndpoint{
+		m:      metrics.New(),
+		budget: supervisor.NewRetryBudget(relay.DefaultRetryTokens, relay.DefaultRetryRatio),
+		ln:     ln,
+		log:    log.Named("metrics"),
+	}
+	return e, nil
+}
+
+func listenMetricsTCP(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	// localhost is resolved by the system; refuse it if it is not what it should be.
+	if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+		ln.Close()
+		return nil, fmt.Errorf("bound to %s, which is not a loopback address", ln.Addr())
+	}
+	return ln, nil
+}
+
+// listenMetricsUnix binds a Unix socket with mode 0660 and the group of --socket-group. A
+// socket file already there is removed only when nothing answers on it. The listener removes
+// the file when it closes.
+func listenMetricsUnix(path string, cfg *config) (net.Listener, error) {
+	if path == cfg.socket {
+		return nil, errors.New("is relayd's own socket")
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket; not touching it", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("something is already listening on %s", path)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("probing existing socket %s: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing stale socket: %w", err)
+		}
+	}
+	// Bind under a umask that lets nobody else in until the mode below is set.
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("setting socket mode: %w", err)
+	}
+	if cfg.socketGroup != "" {
+		g, err := user.LookupGroup(cfg.socketGroup)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("--socket-group: %w", err)
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("setting socket group: %w", err)
+		}
+	}
+	return ln, nil
+}
+
+// onReady is the host's OnReady hook: spawn latency.
+func (e *metricsEndpoint) onReady() func(time.Duration) {
+	if e == nil {
+		return nil
+	}
+	return e.m.WorkerReady
+}
+
+// observer is the relay's and the server's Observer.
+func (e *metricsEndpoint) observer() relay.Observer {
+	if e == nil {
+		return nil // A nil interface, not a nil pointer in one: the relay checks for nil.
+	}
+	return e.m
+}
+
+// retryBudget is the relay's retry budget, shared so that its tokens can be read; nil lets the
+// relay make its own.
+func (e *metricsEndpoint) retryBudget() *supervisor.RetryBudget {
+	if e == nil {
+		return nil
+	}
+	return e.budget
+}
+
+// serve starts answering scrapes of /metrics, with the gauges read from rl and srv.
+func (e *metricsEndpoint) serve(rl *relay.Relay, srv *relay.Server) {
+	if e == nil {
+		return
+	}
+	// Only fails if called twice, which run does not.
+	if err := e.m.Watch(metrics.Source{Stats: rl.Stats, Conns: srv.Conns, RetryTokens: e.budget.Tokens}); err != nil {
+		e.log.Error("registering the relay's gauges", "error", err)
+	}
+	mux := http.NewServeMux()
+	h := e.m.Handler()
+	mux.Handle("GET /metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !e.enter() {
+			http.Error(w, "relayd is stopping", http.StatusServiceUnavailable)
+			return
+		}
+		defer e.handlers.Done()
+		h.ServeHTTP(w, r)
+	}))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "relayd: metrics are at /metrics")
+	})
+	e.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          e.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+	e.served = make(chan struct{})
+	e.log.Info("serving metrics", "addr", e.ln.Addr().String(), "path", "/metrics")
+	go func() {
+		defer close(e.served)
+		if err := e.srv.Serve(e.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			e.log.Error("serving metrics", "error", err)
+		}
+	}()
+}
+
+// enter admits a request unless the endpoint is closing; the caller calls handlers.Done.
+func (e *metricsEndpoint) enter() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closing {
+		return false
+	}
+	e.handlers.Add(1)
+	return true
+}
+
+// close stops the endpoint: scrapes in progress may finish for a second, then their
+// connections are closed. It returns once Serve and every request handler have returned; a
+// unix: socket file is removed.
+func (e *metricsEndpoint) close() {
+	if e == nil {
+		return
+	}
+	if e.srv == nil { // Never served.
+		e.ln.Close()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		e.srv.Close()
+	}
+	<-e.served
+	e.mu.Lock()
+	e.closing = true
+	e.mu.Unlock()
+	e.handlers.Wait()
+}
