@@ -44,6 +44,24 @@ func listen(cfg *config, log hclog.Logger) (net.Listener, error) {
 	}
 
 	path := cfg.socket
+	ln, err := listenUnix(path, cfg.socketMode, cfg.socketGroup, log)
+	if errors.Is(err, errSocketInUse) {
+		return nil, fmt.Errorf("another relayd is already listening on %s", path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	log.Debug("listening", "path", path, "mode", fmt.Sprintf("%#o", cfg.socketMode))
+	return ln, nil
+}
+
+// errSocketInUse reports a socket path on which something answers.
+var errSocketInUse = errors.New("socket in use")
+
+// listenUnix binds a Unix socket at path with the given mode and group. A socket file already
+// there is removed only after a failed connect shows it is stale; if something answers on it,
+// listenUnix returns errSocketInUse. The listener removes the file when it closes.
+func listenUnix(path string, mode os.FileMode, group string, log hclog.Logger) (net.Listener, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("%s exists and is not a socket; not touching it", path)
@@ -51,7 +69,7 @@ func listen(cfg *config, log hclog.Logger) (net.Listener, error) {
 		c, err := net.DialTimeout("unix", path, time.Second)
 		if err == nil {
 			c.Close()
-			return nil, fmt.Errorf("another relayd is already listening on %s", path)
+			return nil, errSocketInUse
 		}
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("probing existing socket %s: %w", path, err)
@@ -68,12 +86,12 @@ func listen(cfg *config, log hclog.Logger) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening: %w", err)
 	}
-	if err := os.Chmod(path, cfg.socketMode); err != nil {
+	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("setting socket mode: %w", err)
 	}
-	if cfg.socketGroup != "" {
-		g, err := user.LookupGroup(cfg.socketGroup)
+	if group != "" {
+		g, err := user.LookupGroup(group)
 		if err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("--socket-group: %w", err)
@@ -84,6 +102,5 @@ func listen(cfg *config, log hclog.Logger) (net.Listener, error) {
 			return nil, fmt.Errorf("setting socket group: %w", err)
 		}
 	}
-	log.Debug("listening", "path", path, "mode", fmt.Sprintf("%#o", cfg.socketMode))
 	return ln, nil
 }

@@ -6,12 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/user"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -103,7 +100,7 @@ func startMetrics(cfg *config, log hclog.Logger) (*metricsEndpoint, error) {
 	var ln net.Listener
 	var err error
 	if a.network == "unix" {
-		ln, err = listenMetricsUnix(a.address, cfg)
+		ln, err = listenMetricsUnix(a.address, cfg, log)
 	} else {
 		ln, err = listenMetricsTCP(a.address)
 	}
@@ -132,53 +129,17 @@ func listenMetricsTCP(addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// listenMetricsUnix binds a Unix socket with mode 0660 and the group of --socket-group. A
-// socket file already there is removed only when nothing answers on it. The listener removes
-// the file when it closes.
-func listenMetricsUnix(path string, cfg *config) (net.Listener, error) {
+// listenMetricsUnix binds the metrics socket like the main one (mode 0660, the group of
+// --socket-group, a stale file replaced), refusing relayd's own socket path.
+func listenMetricsUnix(path string, cfg *config, log hclog.Logger) (net.Listener, error) {
 	if path == cfg.socket {
 		return nil, errors.New("is relayd's own socket")
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != os.ModeSocket {
-			return nil, fmt.Errorf("%s exists and is not a socket; not touching it", path)
-		}
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			c.Close()
-			return nil, fmt.Errorf("something is already listening on %s", path)
-		}
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("probing existing socket %s: %w", path, err)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("removing stale socket: %w", err)
-		}
+	ln, err := listenUnix(path, 0o660, cfg.socketGroup, log)
+	if errors.Is(err, errSocketInUse) {
+		return nil, fmt.Errorf("something is already listening on %s", path)
 	}
-	// Bind under a umask that lets nobody else in until the mode below is set.
-	old := syscall.Umask(0o177)
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("setting socket mode: %w", err)
-	}
-	if cfg.socketGroup != "" {
-		g, err := user.LookupGroup(cfg.socketGroup)
-		if err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("--socket-group: %w", err)
-		}
-		gid, _ := strconv.Atoi(g.Gid)
-		if err := os.Chown(path, -1, gid); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("setting socket group: %w", err)
-		}
-	}
-	return ln, nil
+	return ln, err
 }
 
 // onReady is the host's OnReady hook: spawn latency.
