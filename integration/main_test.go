@@ -4,7 +4,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"relayd/internal/testbin"
 )
 
 // commands are the binaries TestMain builds, by package directory under the module root. Under
@@ -75,33 +76,15 @@ func testMain(m *testing.M) int {
 	return code
 }
 
-// build compiles the commands into dir, quietly unless it fails. It uses the go command on
-// PATH, where go test puts the one that runs the tests.
+// build compiles the commands into dir, quietly unless it fails.
 func build(dir string) error {
-	gocmd, err := exec.LookPath("go")
-	if err != nil {
-		return fmt.Errorf("building the commands: %w", err)
-	}
-	var pkgs [2][]string // Without and with -race.
 	for _, c := range commands {
+		var flags []string
 		if c.race && raceEnabled {
-			pkgs[1] = append(pkgs[1], c.pkg)
-		} else {
-			pkgs[0] = append(pkgs[0], c.pkg)
+			flags = []string{"-race"}
 		}
-	}
-	for i, list := range pkgs {
-		if len(list) == 0 {
-			continue
-		}
-		args := []string{"build", "-o", dir + string(os.PathSeparator)}
-		if i == 1 {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command(gocmd, append(args, list...)...)
-		cmd.Dir = ".." // The module root; go test runs in the package directory.
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", strings.Join(list, " "), err, out)
+		if err := testbin.Build(dir+string(os.PathSeparator), nil, flags, "relayd/"+strings.TrimPrefix(c.pkg, "./")); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -135,24 +118,8 @@ func waitSocket(ctx context.Context, path string) error {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe to write from a command's copying goroutine while a test
-// reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer collects a command's output while a test reads it.
+type syncBuffer = testbin.SyncBuffer
 
 // relayd is a background relayd started by a Go test.
 type relayd struct {

@@ -1,18 +1,17 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"relayd/internal/testbin"
 	"relayd/ipc"
 	"relayd/supervisor"
 )
@@ -24,29 +23,12 @@ type harness struct {
 	host   *supervisor.Host
 	cancel context.CancelFunc
 	done   chan error
-	logs   *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs   *testbin.SyncBuffer
 }
 
 func startRelay(t *testing.T, hopts supervisor.Options, cfg Config) *harness {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testbin.SyncBuffer{}
 	log := hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug})
 	if hopts.Path == "" {
 		hopts.Path = workerBin

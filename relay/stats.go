@@ -1,27 +1,17 @@
 package relay
 
 import (
-	"encoding/json"
 	"maps"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"relayd/ipc"
 )
 
 // Stats are the relay's counters, as logged by the stats reporter and returned by the stats topic.
-type Stats struct {
-	Messages       uint64            `json:"messages"`
-	WorkersSpawned uint64            `json:"workers_spawned"`
-	InFlight       int64             `json:"in_flight"`
-	Queued         int64             `json:"queued"`
-	SparesReady    int               `json:"spares_ready"`
-	Restarts       uint64            `json:"restarts"`
-	Exits          map[string]uint64 `json:"exits"`
-	UptimeSeconds  float64           `json:"uptime_seconds"`
-	// Goroutines is relayd's goroutine count, so that leaks show from outside.
-	Goroutines int `json:"goroutines"`
-}
+type Stats = ipc.Stats
 
 type counters struct {
 	start              time.Time
@@ -85,32 +75,18 @@ func (r *Relay) statsReporter(stop <-chan struct{}) {
 	}
 }
 
-// Status is the answer to the status topic: what is registered and which workers are alive.
-type Status struct {
-	Names   []string       `json:"names"`
-	Workers []WorkerStatus `json:"workers"`
-	Stats   Stats          `json:"stats"`
-}
-
-// WorkerStatus is one live worker in a Status.
-type WorkerStatus struct {
-	PID        int             `json:"pid"`
-	AgeSeconds float64         `json:"age_seconds"`
-	State      string          `json:"state"` // "busy" or "idle"
-	Attempt    int             `json:"attempt,omitempty"`
-	Sender     string          `json:"sender,omitempty"`
-	MessageID  json.RawMessage `json:"message_id,omitempty"`
-}
+// Status is the answer to the status topic.
+type Status = ipc.Status
 
 // Status lists the registered names and the live workers. It is safe from any goroutine.
 func (r *Relay) Status() Status {
-	st := Status{Names: []string{Name}, Workers: []WorkerStatus{}, Stats: r.Stats()}
+	st := Status{Names: []string{Name}, Workers: []ipc.WorkerStatus{}, Stats: r.Stats()}
 	if r.cfg.Names != nil {
 		st.Names = r.cfg.Names()
 	}
 	now := time.Now()
 	for _, w := range r.cfg.Host.Workers() {
-		ws := WorkerStatus{PID: w.PID, AgeSeconds: now.Sub(w.Started).Round(time.Millisecond).Seconds(), State: "idle"}
+		ws := ipc.WorkerStatus{PID: w.PID, AgeSeconds: now.Sub(w.Started).Round(time.Millisecond).Seconds(), State: "idle"}
 		if w.Job != nil {
 			ws.State, ws.Attempt = "busy", w.Job.Attempt
 			if m, ok := w.Job.Tag.(*Message); ok {

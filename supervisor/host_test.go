@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"relayd/internal/testbin"
 	"relayd/ipc"
 )
 
@@ -396,28 +397,11 @@ func TestStderrForwarding(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var buf syncBuffer
+			var buf testbin.SyncBuffer
 			log := hclog.New(&hclog.LoggerOptions{Output: &buf, DisableTime: true})
 			h := newHost(t, Options{Path: script(t, tt.body+"\n"+readyLine+"\nread req\n"+`echo '{"id":"1","data":"ok"}'`), Logger: log})
 			spawnOne(t, h, &Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"x"`), Attempt: 1})
 			tt.check(t, buf.String())
 		})
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

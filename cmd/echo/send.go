@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -96,7 +97,13 @@ func oneShot(ctx context.Context, o options, msg string, stdout io.Writer) error
 
 // stats asks the relay for its counters and prints them.
 func stats(ctx context.Context, o options, stdout io.Writer) error {
-	a, err := ask(ctx, o, "stats", nil)
+	return askAndShow(ctx, o, "stats", stdout, writeStats)
+}
+
+// askAndShow sends a request on topic without data and shows its answer: the reply frame with
+// --json, else the data as show writes it. An error reply is exit code 1.
+func askAndShow(ctx context.Context, o options, topic string, stdout io.Writer, show func(io.Writer, json.RawMessage) error) error {
+	a, err := ask(ctx, o, topic, nil)
 	if err != nil {
 		return err
 	}
@@ -109,7 +116,7 @@ func stats(ctx context.Context, o options, stdout io.Writer) error {
 	if o.json {
 		return nil
 	}
-	return writeStats(stdout, a.Data)
+	return show(stdout, a.Data)
 }
 
 // sent is one input line of a pipe on its way to relayd.

@@ -21,60 +21,20 @@ import (
 // topicStatus is the relay's topic that lists its names and live workers.
 const topicStatus = "status"
 
-// statusData is the data of a status reply, as the wire carries it. Fields echo does not know
-// are ignored, so an older echo still reads a newer relay.
-type statusData struct {
-	Names   []string       `json:"names"`
-	Workers []workerStatus `json:"workers"`
-	Stats   statsData      `json:"stats"`
-}
-
-type workerStatus struct {
-	PID        int             `json:"pid"`
-	AgeSeconds float64         `json:"age_seconds"`
-	State      string          `json:"state"`
-	Attempt    int             `json:"attempt"`
-	Sender     string          `json:"sender"`
-	MessageID  json.RawMessage `json:"message_id"`
-}
-
-type statsData struct {
-	Messages       uint64            `json:"messages"`
-	WorkersSpawned uint64            `json:"workers_spawned"`
-	InFlight       int64             `json:"in_flight"`
-	Queued         int64             `json:"queued"`
-	SparesReady    int               `json:"spares_ready"`
-	Restarts       uint64            `json:"restarts"`
-	Exits          map[string]uint64 `json:"exits"`
-	UptimeSeconds  float64           `json:"uptime_seconds"`
-	Goroutines     int               `json:"goroutines"`
-}
-
 // status asks the relay for its names and live workers and prints them as a table, or with
 // --json the reply frame.
 func status(ctx context.Context, o options, stdout io.Writer) error {
-	a, err := ask(ctx, o, topicStatus, nil)
-	if err != nil {
-		return err
-	}
-	if o.json {
-		fmt.Fprintf(stdout, "%s\n", a.Raw)
-	}
-	if a.Error != nil {
-		return &exitError{code: exitReplyError, err: a.Error}
-	}
-	if o.json {
-		return nil
-	}
-	st, err := parseStatus(a.Data)
-	if err != nil {
-		return err
-	}
-	return writeStatus(stdout, st)
+	return askAndShow(ctx, o, topicStatus, stdout, func(w io.Writer, data json.RawMessage) error {
+		st, err := parseStatus(data)
+		if err != nil {
+			return err
+		}
+		return writeStatus(w, st)
+	})
 }
 
-func parseStatus(data json.RawMessage) (statusData, error) {
-	var st statusData
+func parseStatus(data json.RawMessage) (ipc.Status, error) {
+	var st ipc.Status
 	if err := json.Unmarshal(data, &st); err != nil {
 		return st, &exitError{code: exitReplyError, err: fmt.Errorf("status reply is not a status: %v", err)}
 	}
@@ -90,7 +50,7 @@ func parseStatus(data json.RawMessage) (statusData, error) {
 //	18607  0.7s  idle   -        -                        -
 //
 //	stats: messages=1 workers_spawned=3 in_flight=1 …
-func writeStatus(w io.Writer, st statusData) error {
+func writeStatus(w io.Writer, st ipc.Status) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "names: %s\n\n", namesText(st.Names))
 	writeWorkers(&b, st.Workers)
@@ -100,7 +60,7 @@ func writeStatus(w io.Writer, st statusData) error {
 }
 
 // writeTop prints one frame of --top: a title line, the stats, then the workers.
-func writeTop(w io.Writer, socket string, now time.Time, st statusData) error {
+func writeTop(w io.Writer, socket string, now time.Time, st ipc.Status) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "relayd %s  %s  up %s  names: %s\n", clean(socket), now.Format(time.TimeOnly),
 		formatAge(st.Stats.UptimeSeconds), namesText(st.Names))
@@ -123,13 +83,13 @@ func namesText(names []string) string {
 
 // writeWorkers prints the workers table, oldest first (a stuck worker rises to the top), or a
 // line saying there are none.
-func writeWorkers(b *strings.Builder, workers []workerStatus) {
+func writeWorkers(b *strings.Builder, workers []ipc.WorkerStatus) {
 	if len(workers) == 0 {
 		b.WriteString("no live workers\n")
 		return
 	}
 	ws := slices.Clone(workers)
-	slices.SortStableFunc(ws, func(x, y workerStatus) int {
+	slices.SortStableFunc(ws, func(x, y ipc.WorkerStatus) int {
 		if c := cmp.Compare(y.AgeSeconds, x.AgeSeconds); c != 0 {
 			return c
 		}
@@ -154,7 +114,7 @@ func writeWorkers(b *strings.Builder, workers []workerStatus) {
 }
 
 // statsLine is the stats as one line of name=value pairs, in the order of the stats log line.
-func statsLine(s statsData) string {
+func statsLine(s ipc.Stats) string {
 	exits := "none"
 	if len(s.Exits) > 0 {
 		var parts []string

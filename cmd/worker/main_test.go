@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"relayd/internal/testbin"
 	"relayd/ipc"
 )
 
@@ -78,16 +79,13 @@ func closeOnExecAbove2() error {
 	return nil
 }
 
-// goBuild runs go build in dir on pkg, making out a static, stripped binary as a release
-// build makes it. An empty dir is this package's directory.
+// goBuild builds pkg (a path, relative to dir when dir is set) the way the Makefile builds the
+// worker: static and stripped.
 func goBuild(out, pkg, dir string) error {
-	cmd := exec.Command("go", "build", "-ldflags=-s -w", "-o", out, pkg)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+	if dir != "" {
+		pkg = filepath.Join(dir, pkg)
 	}
-	return nil
+	return testbin.Build(out, []string{"CGO_ENABLED=0"}, []string{"-ldflags=-s -w"}, pkg)
 }
 
 // faultEnv is a worker environment with fault injection on, as relayd --allow-fault-injection

@@ -1,0 +1,35 @@
+package ipc
+
+import "encoding/json"
+
+// Stats is the data of a stats reply: the relay's counters.
+type Stats struct {
+	Messages       uint64            `json:"messages"`
+	WorkersSpawned uint64            `json:"workers_spawned"`
+	InFlight       int64             `json:"in_flight"`
+	Queued         int64             `json:"queued"`
+	SparesReady    int               `json:"spares_ready"`
+	Restarts       uint64            `json:"restarts"`
+	Exits          map[string]uint64 `json:"exits"`
+	UptimeSeconds  float64           `json:"uptime_seconds"`
+	// Goroutines is relayd's goroutine count, so that leaks show from outside.
+	Goroutines int `json:"goroutines"`
+}
+
+// Status is the data of a status reply: what is registered and which workers are alive.
+// Readers ignore fields they do not know, so an older echo still reads a newer relay.
+type Status struct {
+	Names   []string       `json:"names"`
+	Workers []WorkerStatus `json:"workers"`
+	Stats   Stats          `json:"stats"`
+}
+
+// WorkerStatus is one live worker in a Status.
+type WorkerStatus struct {
+	PID        int             `json:"pid"`
+	AgeSeconds float64         `json:"age_seconds"`
+	State      string          `json:"state"` // "busy" or "idle"
+	Attempt    int             `json:"attempt,omitempty"`
+	Sender     string          `json:"sender,omitempty"`
+	MessageID  json.RawMessage `json:"message_id,omitempty"`
+}
