@@ -399,7 +399,8 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 	lines := make(chan lineOrErr, 4)
 	aux.Add(3)
 	go func() { defer aux.Done(); readLines(p.stdout, h.opts.MaxLineBytes, lines) }()
-	go func() { defer aux.Done(); h.forwardStderr(p) }()
+	stderrDone := make(chan struct{})
+	go func() { defer aux.Done(); defer close(stderrDone); h.forwardStderr(p) }()
 	waited := make(chan syscall.WaitStatus, 1)
 	go func() { defer aux.Done(); waited <- p.wait(); h.triggerSweep() }()
 
@@ -517,6 +518,12 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 	// A job handed over as the worker died is reported with the worker's EXIT.
 	if j := p.retire(); j != nil && cur == nil {
 		cur, replied = j, false
+	}
+	// Its last words on stderr are still in the pipe: read them before closing it, unless
+	// something the sweep could not reach keeps it open.
+	select {
+	case <-stderrDone:
+	case <-time.After(max(h.killGrace(), 100*time.Millisecond)):
 	}
 	p.closePipes()
 	aux.Wait()
