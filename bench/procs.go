@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// server is a long-lived process the bench started: a relayd or an s6-ipcserver.
+type server struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	strict  bool // it must exit 0 after SIGTERM
+
+	done    chan struct{} // closed when its Wait has returned
+	waitErr error         // set before done is closed
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+func (s *server) pid() int { return s.cmd.Process.Pid }
+
+// exited reports whether the process has ended.
+func (s *server) exited() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM, waits for the exit, and sends SIGKILL if it has not come within grace.
+func (s *server) stop(grace time.Duration) error {
+	s.stopOnce.Do(func() {
+		if !s.exited() {
+			s.cmd.Process.Signal(syscall.SIGTERM)
+		}
+		select {
+		case <-s.done:
+		case <-time.After(grace):
+			s.cmd.Process.Kill()
+			<-s.done
+			s.stopErr = fmt.Errorf("%s did not exit within %v of SIGTERM%s", s.name, grace, s.logTail())
+			return
+		}
+		if s.strict && s.waitErr != nil {
+			s.stopErr = fmt.Errorf("%s: %v after SIGTERM%s", s.name, s.waitErr, s.logTail())
+		}
+	})
+	return s.stopErr
+}
+
+// logTail returns the last lines of the server's log, for error messages.
+func (s *server) logTail() string {
+	b, err := os.ReadFile(s.logPath)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 10 {
+		lines = lines[len(lines)-10:]
+	}
+	return "\n" + s.name + " log:\n  " + strings.Join(lines, "\n  ")
+}
+
+// serverSet owns every server the bench started, so that each is stopped and waited for.
+type serverSet struct {
+	mu   sync.Mutex
+	list []*server // guarded by mu; the ones not yet stopped by stopAll
+	all  []*server // guarded by mu; every one started
+}
+
+// logs summarizes what the servers wrote to their logs: relayd runs at --log-level=warn, so
+// any line there is worth a look.
+func (ss *serverSet) logs() []string {
+	ss.mu.Lock()
+	all := ss.all
+	ss.mu.Unlock()
+	var notes []string
+	for _, s := range all {
+		b, err := os.ReadFile(s.logPath)
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		note := fmt.Sprintf("%s logged %d lines", s.name, len(lines))
+		for i, l := range lines {
+			if i == 3 {
+				note += "; …"
+				break
+			}
+			if len(l) > 200 {
+				l = l[:200] + "…"
+			}
+			note += "; `" + strings.ReplaceAll(l, "`", "'") + "`"
+		}
+		notes = append(notes, note)
+	}
+	return notes
+}
+
+// start starts cmd with its stderr (and stdout, unless set) in a log file under dir.
+func (ss *serverSet) start(name, dir string, cmd *exec.Cmd, strict bool) (*server, error) {
+	logPath := filepath.Join(dir, name+".log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	cmd.Stderr = log
+	if cmd.Stdout == nil {
+		cmd.Stdout = log
+	}
+	// If the bench is killed outright, its servers go too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	s := &server{name: name, cmd: cmd, logPath: logPath, strict: strict, done: make(chan struct{})}
+	go func() {
+		s.waitErr = cmd.Wait()
+		close(s.done)
+	}()
+	ss.mu.Lock()
+	ss.list = append(ss.list, s)
+	ss.all = append(ss.all, s)
+	ss.mu.Unlock()
+	return s, nil
+}
+
+// stopAll stops every server still running, the last started first.
+func (ss *serverSet) stopAll() error {
+	ss.mu.Lock()
+	list := ss.list
+	ss.list = nil
+	ss.mu.Unlock()
+	var errs []error
+	for i := len(list) - 1; i >= 0; i-- {
+		errs = append(errs, list[i].stop(20*time.Second))
+	}
+	return errors.Join(errs...)
+}
+
+// statusKB reads a "Key:   123 kB" field of /proc/<pid>/status.
+func statusKB(pid int, key string) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	_, rest, ok := bytes.Cut(b, []byte("\n"+key+":"))
+	if !ok {
+		return 0, fmt.Errorf("no %s in /proc/%d/status", key, pid)
+	}
+	line, _, _ := bytes.Cut(rest, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) == 0 {
+		return 0, fmt.Errorf("bad %s in /proc/%d/status", key, pid)
+	}
+	return strconv.ParseInt(f[0], 10, 64)
+}
+
+// usage is the work a process has done so far.
+type usage struct {
+	cpu      time.Duration // its own threads' CPU time (schedstat, ns precision)
+	children time.Duration // CPU time of the children it has reaped (clock ticks)
+	cs       int64         // context switches of its threads, voluntary and not
+}
+
+func (u usage) sub(v usage) usage {
+	return usage{cpu: u.cpu - v.cpu, children: u.children - v.children, cs: u.cs - v.cs}
+}
+
+// clockTick is USER_HZ, the unit of the CPU times in /proc/<pid>/stat; it is 100 on Linux.
+const clockTick = 10 * time.Millisecond
+
+// readUsage reads a live process's usage from /proc. Threads that have ended are not counted
+// in cpu and cs; Go keeps its threads, so that matters little.
+func readUsage(pid int) usage {
+	var u usage
+	dir := "/proc/" + strconv.Itoa(pid)
+	if b, err := os.ReadFile(dir + "/stat"); err == nil {
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 {
+			// Fields after the command: state is field 3, cutime 16, cstime 17.
+			f := strings.Fields(string(b[i+1:]))
+			if len(f) > 14 {
+				cu, _ := strconv.ParseInt(f[13], 10, 64)
+				cs, _ := strconv.ParseInt(f[14], 10, 64)
+				u.children = time.Duration(cu+cs) * clockTick
+			}
+		}
+	}
+	tasks, _ := os.ReadDir(dir + "/task")
+	for _, t := range tasks {
+		if b, err := os.ReadFile(dir + "/task/" + t.Name() + "/schedstat"); err == nil {
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				ns, _ := strconv.ParseInt(f[0], 10, 64)
+				u.cpu += time.Duration(ns)
+			}
+		}
+		if b, err := os.ReadFile(dir + "/task/" + t.Name() + "/status"); err == nil {
+			for _, key := range []string{"\nvoluntary_ctxt_switches:", "\nnonvoluntary_ctxt_switches:"} {
+				if _, rest, ok := bytes.Cut(b, []byte(key)); ok {
+					line, _, _ := bytes.Cut(rest, []byte("\n"))
+					n, _ := strconv.ParseInt(strings.TrimSpace(string(line)), 10, 64)
+					u.cs += n
+				}
+			}
+		}
+	}
+	return u
+}
+
+// selfUsage is the CPU time of the bench itself and of the children it has reaped.
+func selfUsage() (self, children time.Duration) {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
+	children = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return self, children
+}
+
+// machine describes where the bench ran.
+type machine struct {
+	nproc      int
+	cpu        string
+	kernel     string
+	goVersion  string
+	loadBefore string
+	loadAfter  string
+}
+
+func readMachine() machine {
+	m := machine{nproc: runtime.NumCPU(), goVersion: runtime.Version(), loadBefore: loadAvg()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.kernel = strings.TrimSpace(string(b))
+	}
+	return m
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}

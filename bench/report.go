@@ -1,0 +1,238 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// report is everything one run measured.
+type report struct {
+	machine   machine
+	command   string
+	smoke     bool
+	buildTime time.Duration
+	elapsed   time.Duration
+	notes     []string
+	rounds    int
+	spares    int
+
+	variants []*variant
+
+	workerHWM, workerRSS int64 // kB
+
+	burstN, burstConns int
+	burstDelay         time.Duration
+	burstMaxWorkers    int
+	bursts             []time.Duration
+
+	soak *variant
+	rss  []rssSample
+}
+
+// find returns the variant of group with c clients, or nil.
+func (r *report) find(group string, c int) *variant {
+	for _, v := range r.variants {
+		if v.group == group && v.nclients == c && v.msgs > 0 {
+			return v
+		}
+	}
+	return nil
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%d", d.Microseconds()) }
+
+func ratio(a, b float64) string {
+	if a <= 0 || b <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+func mib(kb int64) string { return fmt.Sprintf("%.1f MiB", float64(kb)/1024) }
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	m := r.machine
+	fmt.Fprintf(&b, "## relay-bench results\n\n")
+	fmt.Fprintf(&b, "- machine: %d CPUs, %s, Linux %s, %s; load average %s before, %s after\n", m.nproc, m.cpu, m.kernel, m.goVersion, m.loadBefore, m.loadAfter)
+	fmt.Fprintf(&b, "- command: `%s`\n", strings.TrimSpace(r.command))
+	fmt.Fprintf(&b, "- run time: %v (of which building %v)\n", r.elapsed.Round(time.Second), r.buildTime.Round(100*time.Millisecond))
+	for _, n := range r.notes {
+		fmt.Fprintf(&b, "- %s\n", n)
+	}
+	if r.smoke {
+		fmt.Fprintf(&b, "- smoke run: too few messages for the numbers to mean anything\n")
+	}
+
+	if len(r.variants) > 0 {
+		fmt.Fprintf(&b, "\n### Echo round trip, interleaved (%d rounds; worker --delay=0s; every process GOMAXPROCS=1)\n\n", r.rounds)
+		fmt.Fprintf(&b, "Latency per message in µs; msg/s over all clients; CPU: all processes involved (bench, server, children) per message. Ratios against the floor and the worker started directly, at the same number of clients.\n\n")
+		fmt.Fprintf(&b, "| variant | clients | n | p50 µs | p90 µs | p99 µs | max µs | msg/s | CPU ms/msg | p50 ÷ floor | p50 ÷ worker | msg/s ÷ floor | msg/s ÷ worker |\n")
+		fmt.Fprintf(&b, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+		for _, v := range r.variants {
+			if v.msgs == 0 {
+				continue
+			}
+			c := v.nclients
+			tput := v.throughput()
+			tputS := fmt.Sprintf("%.0f", tput)
+			if v.pace > 0 {
+				tput, tputS = 0, "(paced)"
+			}
+			p50 := float64(v.quantile(50))
+			var fl50, fltp, wk50, wktp float64
+			if f := r.find(groupFloor, c); f != nil {
+				fl50, fltp = float64(f.quantile(50)), f.throughput()
+			}
+			if w := r.find(groupWorker, c); w != nil {
+				wk50, wktp = float64(w.quantile(50)), w.throughput()
+			}
+			fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %s | %s | %.2f | %s | %s | %s | %s |\n",
+				v.name, c, v.msgs, us(v.quantile(50)), us(v.quantile(90)), us(v.quantile(99)), us(v.quantile(100)), tputS,
+				float64(v.cpu.Microseconds())/1000/float64(v.msgs),
+				ratio(p50, fl50), ratio(p50, wk50), ratio(tput, fltp), ratio(tput, wktp))
+		}
+
+		fmt.Fprintf(&b, "\n### The server's own work per message\n\n")
+		fmt.Fprintf(&b, "From /proc of the server process: its threads' CPU time (schedstat) and context switches (voluntary + involuntary), and the CPU time of the children it reaped (workers, in clock ticks).\n\n")
+		fmt.Fprintf(&b, "| variant | clients | own CPU µs/msg | context switches/msg | children's CPU µs/msg |\n|---|--:|--:|--:|--:|\n")
+		rows := slices.Clone(r.variants)
+		if r.soak != nil {
+			rows = append(rows, r.soak)
+		}
+		for _, v := range rows {
+			if v.server == nil || v.msgs == 0 {
+				continue
+			}
+			n := float64(v.msgs)
+			fmt.Fprintf(&b, "| %s | %d | %.0f | %.1f | %.0f |\n", v.name, v.nclients,
+				float64(v.srv.cpu.Microseconds())/n, float64(v.srv.cs)/n, float64(v.srv.children.Microseconds())/n)
+		}
+	}
+
+	if len(r.bursts) > 0 {
+		fmt.Fprintf(&b, "\n### Burst\n\n")
+		ds := make([]string, len(r.bursts))
+		for i, d := range r.bursts {
+			ds[i] = fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000)
+		}
+		fmt.Fprintf(&b, "%d messages written at once over %d connections (%d in flight per connection at most; relayd's --max-per-client default is 64), worker --delay=%v: all answered after %s (median %.0f ms).",
+			r.burstN, r.burstConns, (r.burstN+r.burstConns-1)/r.burstConns, r.burstDelay, strings.Join(ds, ", "), float64(median(r.bursts).Microseconds())/1000)
+		if r.burstMaxWorkers > 0 {
+			waves := (r.burstN + r.burstMaxWorkers - 1) / r.burstMaxWorkers
+			fmt.Fprintf(&b, " With --max-workers=%d (the default) the delay alone bounds it below by %d waves × %v = %v.", r.burstMaxWorkers, waves, r.burstDelay, time.Duration(waves)*r.burstDelay)
+		}
+		fmt.Fprintf(&b, "\n")
+	}
+
+	if r.workerHWM > 0 || len(r.rss) > 0 {
+		fmt.Fprintf(&b, "\n### Memory\n\n")
+		if r.workerHWM > 0 {
+			fmt.Fprintf(&b, "- worker peak RSS (VmHWM of a live worker started directly, read while it sleeps on a request; max of the runs): %s (VmRSS %s)\n", mib(r.workerHWM), mib(r.workerRSS))
+		}
+		if len(r.rss) > 0 {
+			var parts []string
+			for _, s := range r.rss {
+				parts = append(parts, fmt.Sprintf("%d: %s", s.msgs, mib(s.rss)))
+			}
+			last := r.rss[len(r.rss)-1]
+			fmt.Fprintf(&b, "- relayd VmRSS after N messages (N: RSS), 8 clients, worker --delay=0s: %s; VmHWM at the end %s\n", strings.Join(parts, ", "), mib(last.hwm))
+			if r.soak != nil && r.soak.msgs > 0 {
+				fmt.Fprintf(&b, "- soak throughput: %.0f msg/s with 8 clients over %d messages (not interleaved)\n", r.soak.throughput(), r.soak.msgs)
+			}
+		}
+	}
+
+	b.WriteString(r.targets())
+	return b.String()
+}
+
+// targets evaluates the targets of issue 5 on this run.
+func (r *report) targets() string {
+	type row struct{ what, measured, goal, met string }
+	var rows []row
+	yes := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "**not met**"
+	}
+	p50 := func(v *variant) float64 { return float64(v.quantile(50)) }
+	relayd1, relayd8 := r.find(groupRelayd, 1), r.find(groupRelayd, 8)
+	if w := r.find(groupWorker, 1); relayd1 != nil && w != nil {
+		x := p50(relayd1) / p50(w)
+		rows = append(rows, row{"relayd's share: sequential p50 ÷ worker direct", fmt.Sprintf("%.2f× (%s ÷ %s µs)", x, us(relayd1.quantile(50)), us(w.quantile(50))), "≤ 1.10×", yes(x <= 1.10)})
+	}
+	if w := r.find(groupWorker, 8); relayd8 != nil && w != nil {
+		x := relayd8.throughput() / w.throughput()
+		rows = append(rows, row{"relayd's share: 8-client msg/s ÷ worker direct", fmt.Sprintf("%.2f× (%.0f ÷ %.0f)", x, relayd8.throughput(), w.throughput()), "≥ 0.90×", yes(x >= 0.90)})
+	}
+	if f := r.find(groupFloor, 1); relayd1 != nil && f != nil {
+		x := p50(relayd1) / p50(f)
+		rows = append(rows, row{"whole: sequential p50 ÷ floor", fmt.Sprintf("%.2f× (%s ÷ %s µs)", x, us(relayd1.quantile(50)), us(f.quantile(50))), "≤ 1.25×", yes(x <= 1.25)})
+	}
+	if f := r.find(groupFloor, 8); relayd8 != nil && f != nil {
+		x := relayd8.throughput() / f.throughput()
+		rows = append(rows, row{"whole: 8-client msg/s ÷ floor", fmt.Sprintf("%.2f× (%.0f ÷ %.0f)", x, relayd8.throughput(), f.throughput()), "≥ 0.70×", yes(x >= 0.70)})
+	}
+	for _, c := range []int{8, 1} {
+		rv, pv := r.find(groupRelayd, c), r.find(groupPlugin, c)
+		if rv != nil && pv != nil {
+			x := rv.throughput() / pv.throughput()
+			rows = append(rows, row{fmt.Sprintf("%d-client msg/s ÷ go-plugin per message", c), fmt.Sprintf("%.2f× (%.0f ÷ %.0f)", x, rv.throughput(), pv.throughput()), "≥ 4×", yes(x >= 4)})
+		}
+	}
+	if s := r.find(groupS6, 1); relayd1 != nil && s != nil {
+		x := p50(relayd1) / p50(s)
+		rows = append(rows, row{"sequential p50 ÷ s6-ipcserver", fmt.Sprintf("%.2f× (%s ÷ %s µs)", x, us(relayd1.quantile(50)), us(s.quantile(50))), "≤ 1.0×", yes(x <= 1.0)})
+	}
+	if v := r.find(groupSparesPaced, 1); v != nil {
+		rows = append(rows, row{"with spares, paced: p50", us(v.quantile(50)) + " µs", "≤ 350 µs", yes(v.quantile(50) <= 350*time.Microsecond)})
+	} else {
+		rows = append(rows, row{"with spares, paced: p50", "not measured", "≤ 350 µs", "–"})
+	}
+	if len(r.bursts) > 0 {
+		d := median(r.bursts)
+		rows = append(rows, row{fmt.Sprintf("burst of %d answered (median)", r.burstN), fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000), "≤ 1500 ms", yes(d <= 1500*time.Millisecond)})
+	}
+	if len(r.rss) >= 2 {
+		first, last := r.rss[1], r.rss[len(r.rss)-1]
+		maxRSS := int64(0)
+		for _, s := range r.rss {
+			maxRSS = max(maxRSS, s.rss)
+		}
+		rows = append(rows, row{"relayd RSS (max over the soak)", mib(maxRSS), "≤ 30 MiB", yes(maxRSS <= 30<<10)})
+		flat := float64(last.rss) <= 1.10*float64(first.rss)
+		rows = append(rows, row{fmt.Sprintf("relayd RSS flat: after %d ÷ after %d messages", last.msgs, first.msgs), fmt.Sprintf("%.2f× (%s ÷ %s)", float64(last.rss)/float64(first.rss), mib(last.rss), mib(first.rss)), "≤ 1.10×", yes(flat)})
+	}
+	if r.workerHWM > 0 {
+		rows = append(rows, row{"worker peak RSS (VmHWM)", mib(r.workerHWM), "≤ 5 MiB", yes(r.workerHWM <= 5<<10)})
+	}
+	if len(rows) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n### Targets of issue 5\n\n")
+	if r.smoke {
+		fmt.Fprintf(&b, "A smoke run proves that each measurement works; its few messages say nothing about the targets.\n\n")
+	}
+	fmt.Fprintf(&b, "| target | measured | goal | |\n|---|--:|--:|---|\n")
+	for _, x := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", x.what, x.measured, x.goal, x.met)
+	}
+	return b.String()
+}
