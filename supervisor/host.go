@@ -102,7 +102,6 @@ type Host struct {
 	log     hclog.Logger
 	events  chan Event
 	spawnq  chan spawnRequest
-	sweepc  chan struct{}
 	refillc chan struct{}
 	done    chan struct{}
 	// idle holds workers that are ready and have no job: spares, and workers that may serve
@@ -148,7 +147,6 @@ func New(opts Options) (*Host, error) {
 		log:     opts.Logger,
 		events:  make(chan Event, 1024),
 		spawnq:  make(chan spawnRequest),
-		sweepc:  make(chan struct{}, 1),
 		refillc: make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		idle:    make(chan *proc, idle),
@@ -347,11 +345,11 @@ func (h *Host) start(attempt int) (*proc, error) {
 	p := &proc{host: h, cmd: cmd, jobs: make(chan *Job, 1)}
 	var child [3]*os.File
 	var err error
-	if child[0], p.stdin, err = os.Pipe(); err != nil {
+	if p.stdin, child[0], err = pipe(false); err != nil {
 		return nil, fmt.Errorf("starting worker %q: %w", h.opts.Path, err)
 	}
-	if p.stdout, child[1], err = os.Pipe(); err == nil {
-		p.stderr, child[2], err = os.Pipe()
+	if p.stdout, child[1], err = pipe(true); err == nil {
+		p.stderr, child[2], err = pipe(true)
 	}
 	if err != nil {
 		closeAll(child[:]...)
@@ -372,6 +370,27 @@ func (h *Host) start(attempt int) (*proc, error) {
 		return p, fmt.Errorf("limiting worker %d: %w", p.pid, err)
 	}
 	return p, nil
+}
+
+// pipe makes a pipe for a worker's stdin (parentReads false) or stdout or stderr. The parent's
+// end is non-blocking and served by the runtime's poller; the child's end stays blocking, as
+// programs expect of their standard descriptors, and is never registered with the poller
+// (os.Pipe would register both ends, and exec would then make the child's blocking again).
+func pipe(parentReads bool) (parent, child *os.File, err error) {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, err
+	}
+	pfd, cfd := fds[1], fds[0]
+	if parentReads {
+		pfd, cfd = fds[0], fds[1]
+	}
+	if err := unix.SetNonblock(pfd, true); err != nil {
+		unix.Close(pfd)
+		unix.Close(cfd)
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(pfd), "worker-pipe"), os.NewFile(uintptr(cfd), "worker-pipe"), nil
 }
 
 type spawnRequest struct {
@@ -402,7 +421,16 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 	stderrDone := make(chan struct{})
 	go func() { defer aux.Done(); defer close(stderrDone); h.forwardStderr(p) }()
 	waited := make(chan syscall.WaitStatus, 1)
-	go func() { defer aux.Done(); waited <- p.wait(); h.triggerSweep() }()
+	go func() {
+		defer aux.Done()
+		ws := p.wait()
+		// What the worker left behind was re-parented here as it exited: kill and reap it
+		// now, which also ends any hold a leftover has on the worker's pipes.
+		if h.opts.Subreaper {
+			h.sweep(false)
+		}
+		waited <- ws
+	}()
 
 	var protoErr error
 	fail := func(err error) {

@@ -85,6 +85,7 @@ func trackedProcs() []*proc {
 // wait blocks until the worker has exited, kills whatever is left in its process group while
 // the zombie still holds the group's id, then reaps it.
 func (p *proc) wait() syscall.WaitStatus {
+	p.awaitExit()
 	var info unix.Siginfo
 	for {
 		err := unix.Waitid(unix.P_PID, p.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
@@ -110,6 +111,28 @@ func (p *proc) wait() syscall.WaitStatus {
 		}
 	}
 	return 0
+}
+
+// awaitExit returns once the worker has exited, without reaping it. It waits on a pidfd through
+// the runtime's poller, so a thousand live workers do not hold a thousand threads blocked in
+// waitid; where pidfds are missing, the blocking waitid in wait does the waiting.
+func (p *proc) awaitExit() {
+	fd, err := unix.PidfdOpen(p.pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Read(func(fd uintptr) bool {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil)
+		// Without a state change WNOHANG leaves si_signo zero; any error ends the wait here too.
+		return err != nil || info.Signo != 0
+	})
 }
 
 // assign hands job to an idle worker, and reports false if the worker died meanwhile.
@@ -204,9 +227,35 @@ func killGroup(pgid int, sig syscall.Signal) {
 	}
 }
 
+// readProc reads a small /proc file into buf with plain system calls: os.ReadFile would also
+// stat it and try to register it with the poller, a dozen calls where three do.
+func readProc(path string, buf []byte) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return buf[:n], nil
+}
+
 // peakRSS returns the VmHWM of a live process in bytes, or 0.
 func peakRSS(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	var buf [4096]byte
+	b, err := readProc("/proc/"+strconv.Itoa(pid)+"/status", buf[:])
 	if err != nil {
 		return 0
 	}
@@ -222,28 +271,14 @@ func peakRSS(pid int) int64 {
 	return kb << 10
 }
 
-func (h *Host) triggerSweep() {
-	if !h.opts.Subreaper {
-		return
-	}
-	select {
-	case h.sweepc <- struct{}{}:
-	default:
-	}
-}
-
-// sweeper kills and reaps what workers leave behind: processes that outlived their worker and
-// were re-parented to this subreaper. After every worker's exit it looks where the kernel puts
-// re-parented processes (the main thread's children), which costs one small read; once a second
-// it looks at the children of every thread.
+// sweeper is the backstop of the sweep that follows every worker's exit: once a second it
+// looks at the children of every thread, and once more when the Host closes.
 func (h *Host) sweeper() {
 	defer h.bg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
-		case <-h.sweepc:
-			h.sweep(false)
 		case <-t.C:
 			h.sweep(true)
 		case <-h.done:
@@ -297,8 +332,9 @@ func children(all bool) []int {
 		}
 	}
 	var pids []int
+	buf := make([]byte, 64<<10)
 	for _, t := range tasks {
-		b, err := os.ReadFile("/proc/self/task/" + t + "/children")
+		b, err := readProc("/proc/self/task/"+t+"/children", buf)
 		if err != nil {
 			continue
 		}
