@@ -212,10 +212,8 @@ func (h *Host) Spawn(job *Job) {
 			if p == nil {
 				break
 			}
-			if p.spare {
-				p.spare = false
-				h.refill()
-			}
+			// A spare's replacement is forked after its reply, not now: on a small machine the
+			// fork would compete with this message for the CPU.
 			if p.assign(job) {
 				return
 			}
@@ -327,8 +325,8 @@ func (h *Host) life(job *Job, spare bool) {
 	if p.unready {
 		h.starting.Add(-1) // It died before it was ready.
 	}
-	if spare && h.opts.Spares > 0 {
-		h.refill()
+	if p.spare {
+		h.refill() // A spare died waiting: replace it.
 	}
 }
 
@@ -516,6 +514,10 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 				ex.Served++
 				if cur.OnReply != nil {
 					cur.OnReply(p.pid, r)
+				}
+				if p.spare {
+					p.spare = false
+					h.refill()
 				}
 				if ex.Served < h.opts.MaxRequests && h.putIdle(p) {
 					h.events <- Event{PID: p.pid, Job: cur, Replied: true}

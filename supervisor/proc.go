@@ -22,7 +22,7 @@ type proc struct {
 
 	stdin, stdout, stderr *os.File
 
-	spare   bool      // started without a job; owned by whoever holds the proc
+	spare   bool      // started without a job and not yet replaced; owned by its monitor
 	unready bool      // a spare that has not sent its ready line; owned by its monitor
 	jobs    chan *Job // a job handed to an idle worker
 
