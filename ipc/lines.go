@@ -21,16 +21,17 @@ type LineReader struct {
 // headBytes is how much of a refused line Head keeps.
 const headBytes = 4 << 10
 
-// NewLineReader returns a LineReader that refuses lines longer than max bytes.
-func NewLineReader(r io.Reader, max int) *LineReader {
-	size := 64 << 10
-	if max+1 < size {
-		size = max + 1
-	}
-	if size < 16 {
-		size = 16
-	}
-	return &LineReader{r: bufio.NewReaderSize(r, size), max: max}
+// NewLineReader returns a LineReader that refuses lines longer than limit bytes, reading
+// through a buffer of up to 64 KiB.
+func NewLineReader(r io.Reader, limit int) *LineReader {
+	return NewLineReaderSize(r, limit, 64<<10)
+}
+
+// NewLineReaderSize is NewLineReader with a read buffer of size bytes (at most limit+1);
+// longer lines are assembled from several reads.
+func NewLineReaderSize(r io.Reader, limit, size int) *LineReader {
+	size = max(16, min(size, limit+1))
+	return &LineReader{r: bufio.NewReaderSize(r, size), max: limit}
 }
 
 // ReadLine returns the next line without its newline. The slice is valid until the next call.

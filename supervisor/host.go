@@ -606,7 +606,8 @@ type lineOrErr struct {
 
 func readLines(f *os.File, max int, out chan<- lineOrErr) {
 	defer close(out)
-	lr := ipc.NewLineReader(f, max)
+	// Replies are small; a long one is assembled from several reads.
+	lr := ipc.NewLineReaderSize(f, max, 4<<10)
 	for {
 		line, err := lr.ReadLine()
 		switch {

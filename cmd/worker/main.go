@@ -181,7 +181,8 @@ func (w *worker) serve(stdin io.Reader) error {
 		return err
 	}
 	warmUp()
-	lines := ipc.NewLineReader(stdin, maxRequestBytes)
+	// A small buffer: the worker starts once per message, and most requests are short.
+	lines := ipc.NewLineReaderSize(stdin, maxRequestBytes, 4<<10)
 	for {
 		line, err := lines.ReadLine()
 		if errors.Is(err, io.EOF) {
