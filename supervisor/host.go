@@ -98,15 +98,13 @@ type Event struct {
 // Host owns worker processes: it starts them, talks the worker protocol with them, and reports
 // each job's and each process's end as an Event. It is the tutorial's "processes" host.
 type Host struct {
-	opts    Options
-	log     hclog.Logger
-	events  chan Event
-	spawnq  chan spawnRequest
-	refillc chan struct{}
-	done    chan struct{}
-	// idle holds workers that are ready and have no job: spares, and workers that may serve
-	// more requests (MaxRequests > 1).
-	idle     chan *proc
+	opts     Options
+	log      hclog.Logger
+	events   chan Event
+	spawnq   chan spawnRequest
+	refillc  chan struct{}
+	done     chan struct{}
+	idle     idlePool
 	starting atomic.Int64 // spares forked and not yet ready (or dead)
 	workers  sync.WaitGroup
 	bg       sync.WaitGroup // spawner threads, the sweeper and the spare refiller
@@ -138,9 +136,9 @@ func New(opts Options) (*Host, error) {
 			return nil, fmt.Errorf("becoming a child subreaper: %w", err)
 		}
 	}
-	idle := opts.Spares
+	idleCap := opts.Spares
 	if opts.MaxRequests > 1 {
-		idle += max(opts.MaxIdle, 1)
+		idleCap += max(opts.MaxIdle, 1)
 	}
 	h := &Host{
 		opts:    opts,
@@ -149,7 +147,7 @@ func New(opts Options) (*Host, error) {
 		spawnq:  make(chan spawnRequest),
 		refillc: make(chan struct{}, 1),
 		done:    make(chan struct{}),
-		idle:    make(chan *proc, idle),
+		idle:    idlePool{cap: idleCap},
 	}
 	h.spec.Store(&WorkerSpec{Args: opts.Args, Env: opts.Env, Limits: opts.Limits, KillGrace: opts.KillGrace})
 	// Pdeathsig fires when the thread that forked the child ends, not the process, so workers
@@ -196,7 +194,7 @@ func (h *Host) Events() <-chan Event { return h.events }
 func (h *Host) Spawned() uint64 { return h.spawned.Load() }
 
 // Idle counts workers that are ready and wait for a job (spares included).
-func (h *Host) Idle() int { return len(h.idle) }
+func (h *Host) Idle() int { return h.idle.len() }
 
 // Spawn hands job to a worker and returns at once: to an idle one that is ready (a spare, or
 // one that may serve more requests) if there is one and this is a first attempt, else to a
@@ -204,11 +202,7 @@ func (h *Host) Idle() int { return len(h.idle) }
 func (h *Host) Spawn(job *Job) {
 	if job.Attempt <= 1 {
 		for {
-			var p *proc
-			select {
-			case p = <-h.idle:
-			default:
-			}
+			p := h.idle.take()
 			if p == nil {
 				break
 			}
@@ -281,7 +275,7 @@ func (h *Host) refiller() {
 		case <-h.refillc:
 		}
 		h.mu.Lock()
-		for missing := h.opts.Spares - len(h.idle) - int(h.starting.Load()); missing > 0 && !h.closed.Load(); missing-- {
+		for missing := h.opts.Spares - h.idle.len() - int(h.starting.Load()); missing > 0 && !h.closed.Load(); missing-- {
 			h.starting.Add(1)
 			h.workers.Add(1)
 			go h.life(nil, true)
@@ -546,6 +540,7 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 		}
 	}
 	// A job handed over as the worker died is reported with the worker's EXIT.
+	h.idle.remove(p)
 	if j := p.retire(); j != nil && cur == nil {
 		cur, replied = j, false
 	}
@@ -588,15 +583,53 @@ func (h *Host) Workers() []WorkerInfo {
 
 // putIdle offers a ready worker without a job to Spawn, and reports whether there was room.
 func (h *Host) putIdle(p *proc) bool {
-	if h.closed.Load() {
+	return !h.closed.Load() && h.idle.put(p)
+}
+
+// idlePool holds workers that are ready and have no job: spares, and workers that may serve
+// more requests (MaxRequests > 1). A worker that dies leaves it at once.
+type idlePool struct {
+	mu    sync.Mutex
+	cap   int
+	procs []*proc // guarded by mu; the most recently idle last
+}
+
+func (ip *idlePool) put(p *proc) bool {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	if len(ip.procs) >= ip.cap {
 		return false
 	}
-	select {
-	case h.idle <- p:
-		return true
-	default:
-		return false
+	ip.procs = append(ip.procs, p)
+	return true
+}
+
+// take returns the most recently idle worker, whose pages are the likeliest to be warm.
+func (ip *idlePool) take() *proc {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	n := len(ip.procs)
+	if n == 0 {
+		return nil
 	}
+	p := ip.procs[n-1]
+	ip.procs[n-1] = nil
+	ip.procs = ip.procs[:n-1]
+	return p
+}
+
+func (ip *idlePool) remove(p *proc) {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	if i := slices.Index(ip.procs, p); i >= 0 {
+		ip.procs = slices.Delete(ip.procs, i, i+1)
+	}
+}
+
+func (ip *idlePool) len() int {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	return len(ip.procs)
 }
 
 type lineOrErr struct {

@@ -303,6 +303,8 @@ func TestSpares(t *testing.T) {
 	}
 
 	// A spare that dies while it waits is an EXIT event like any other, and is replaced.
+	waitFor(t, "two spares again", func() bool { return h.Idle() == 2 })
+	before = h.Spawned()
 	var victim int
 	for _, p := range trackedProcs() {
 		if p.host == h {
@@ -317,7 +319,7 @@ func TestSpares(t *testing.T) {
 	if ev.Job != nil || ev.Exit == nil || ev.Exit.Signal != unix.SIGKILL || ev.PID != victim {
 		t.Fatalf("event for a killed spare = %+v, want an EXIT without a job", ev)
 	}
-	waitFor(t, "the dead spare to be replaced", func() bool { return h.Idle() == 2 })
+	waitFor(t, "the dead spare to be replaced", func() bool { return h.Idle() == 2 && h.Spawned() == before+1 })
 }
 
 func TestMaxRequests(t *testing.T) {
