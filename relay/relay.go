@@ -231,8 +231,9 @@ func (r *Relay) receive(m *Message) {
 	case TopicStatus:
 		m.respond(r.Status(), nil)
 	case TopicEcho:
+		// json.Unmarshal would take null for a string, so look at the value itself.
 		var s string
-		if err := json.Unmarshal(m.Req.Data, &s); err != nil {
+		if d := m.Req.Data; len(d) == 0 || d[0] != '"' || json.Unmarshal(d, &s) != nil {
 			m.Fail(ipc.Errorf(ipc.CodeBadRequest, "data of an echo message must be a string"))
 			return
 		}

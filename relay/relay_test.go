@@ -163,6 +163,8 @@ func TestBadMessages(t *testing.T) {
 		{topic: "nosuch", data: "x", wantCode: ipc.CodeUnknownTopic},
 		{topic: TopicEcho, raw: `42`, wantCode: ipc.CodeBadRequest},
 		{topic: TopicEcho, raw: ``, wantCode: ipc.CodeBadRequest},
+		{topic: TopicEcho, raw: `null`, wantCode: ipc.CodeBadRequest},
+		{topic: TopicEcho, raw: `["x"]`, wantCode: ipc.CodeBadRequest},
 	}
 	for _, tt := range tests {
 		answers := make(chan ipc.Reply, 2)
