@@ -438,3 +438,37 @@ func hasCapSysResource() bool {
 	}
 	return false
 }
+
+// TestLogFormats checks both log formats, and that under journald (JOURNAL_STREAM set) relayd
+// writes no timestamps of its own.
+func TestLogFormats(t *testing.T) {
+	tests := []struct {
+		name       string
+		journald   bool
+		format     string
+		wantStamp  bool
+		wantPrefix string
+	}{
+		{"text", false, "text", true, "20"},
+		{"text under journald", true, "text", false, "[INFO]"},
+		{"json", false, "json", true, "{"},
+		{"json under journald", true, "json", false, "{"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sock := filepath.Join(shortTempDir(t), "s")
+			if tt.journald {
+				t.Setenv("JOURNAL_STREAM", "8:12345")
+			}
+			r := startRelayd(t, sock, "--log-format="+tt.format)
+			r.stop(t)
+			first, _, _ := strings.Cut(r.log.String(), "\n")
+			if !strings.HasPrefix(first, tt.wantPrefix) || !strings.Contains(first, "relay started") {
+				t.Errorf("first line %q, want it to start with %q and say relay started", first, tt.wantPrefix)
+			}
+			if got := strings.Contains(first, "@timestamp") || strings.HasPrefix(first, "20"); got != tt.wantStamp {
+				t.Errorf("first line %q: timestamp %v, want %v", first, got, tt.wantStamp)
+			}
+		})
+	}
+}
