@@ -273,3 +273,54 @@ func TestSIGTERMAnswersInFlight(t *testing.T) {
 		t.Errorf("%d replies and %d shutting_down, want 4 (running) and 6 (queued)", replies, down)
 	}
 }
+
+// TestOneClientCannotStarveAnother has one client pipeline many slow messages while another
+// sends one: with --max-per-client the second is served alongside the first's, not after them.
+func TestOneClientCannotStarveAnother(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	startRelayd(t, sock, "--worker-arg=--delay=300ms", "--max-workers=4", "--max-per-client=2", "--queue=100")
+	greedy, err := ipc.Dial(t.Context(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer greedy.Close()
+	const n = 20
+	var mu sync.Mutex
+	var calls []*ipc.Call
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		// relayd stops reading this connection at two in flight, so sends block in turn.
+		for range n {
+			call, err := greedy.Send("relay", "echo", "greedy")
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			calls = append(calls, call)
+			mu.Unlock()
+		}
+	}()
+	if !eventually(5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) >= 2 }) {
+		t.Fatal("greedy client could not send")
+	}
+	if a := ask(t, sock, "modest"); a.Error != nil {
+		t.Fatalf("modest client: %s", a.Raw)
+	}
+	// Count the greedy answers that had arrived when the modest one did.
+	done, cancel := context.WithCancel(t.Context())
+	cancel()
+	mu.Lock()
+	answered := 0
+	for _, c := range calls {
+		if _, err := greedy.Wait(done, c); err == nil {
+			answered++
+		}
+	}
+	mu.Unlock()
+	if answered >= n/2 {
+		t.Errorf("%d of the greedy client's %d messages were answered before the modest client's one", answered, n)
+	}
+	greedy.Close()
+	<-sent
+}
