@@ -278,6 +278,20 @@ func TestSocketFile(t *testing.T) {
 			t.Errorf("mode = %#o, want 0600", got)
 		}
 	})
+	t.Run("group", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root to give the socket to another group")
+		}
+		sock := filepath.Join(dir, "g")
+		startRelayd(t, sock, "--socket-group=daemon")
+		fi, err := os.Stat(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gid := fi.Sys().(*syscall.Stat_t).Gid; gid != 1 {
+			t.Errorf("socket gid = %d, want 1 (daemon)", gid)
+		}
+	})
 	t.Run("stale socket is replaced", func(t *testing.T) {
 		sock := filepath.Join(dir, "st")
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
@@ -471,4 +485,76 @@ func TestLogFormats(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestConnectionLimits covers the limits that keep one client from hurting others: a line left
+// half received past --frame-timeout closes its connection (an idle one stays), and
+// connections past --max-conns are refused with busy.
+func TestConnectionLimits(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	startRelayd(t, sock, "--frame-timeout=300ms", "--max-conns=2", "--worker-arg=--delay=0s")
+	readAll := func(c net.Conn) string {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var b strings.Builder
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			b.Write(buf[:n])
+			if err != nil {
+				return b.String()
+			}
+		}
+	}
+
+	t.Run("half a line", func(t *testing.T) {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte(`{"id":1,"to":"relay","topic":"echo","data":"whole"}` + "\n" + `{"id":2,"to":"re`))
+		got := readAll(c) // relayd answers, then closes the connection
+		if !strings.Contains(got, `"WHOLE"`) || !strings.Contains(got, "still incomplete after 300ms") {
+			t.Errorf("got %q, want the whole line answered, then bad_request for the half one", got)
+		}
+	})
+	t.Run("idle connection stays", func(t *testing.T) {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		time.Sleep(600 * time.Millisecond) // twice the frame timeout, with nothing sent
+		c.Write([]byte(`{"id":3,"to":"relay","topic":"echo","data":"later"}` + "\n"))
+		c.(*net.UnixConn).CloseWrite()
+		if got := readAll(c); !strings.Contains(got, `"LATER"`) {
+			t.Errorf("idle connection: got %q, want its message answered", got)
+		}
+	})
+	t.Run("too many connections", func(t *testing.T) {
+		var open []net.Conn
+		defer func() {
+			for _, c := range open {
+				c.Close()
+			}
+		}()
+		for range 2 {
+			c, err := net.Dial("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			open = append(open, c)
+		}
+		// Connections register as relayd accepts them; give it a moment to count both.
+		time.Sleep(100 * time.Millisecond)
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte(`{"id":4,"to":"relay","topic":"echo","data":"x"}` + "\n"))
+		if got := readAll(c); !strings.Contains(got, `"busy"`) || !strings.Contains(got, "too many connections") {
+			t.Errorf("third connection: got %q, want busy: too many connections", got)
+		}
+	})
 }
