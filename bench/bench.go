@@ -28,7 +28,17 @@ const (
 	groupPlugin      = "go-plugin per message"
 	groupS6          = "s6-ipcserver"
 	groupSoak        = "relayd soak"
+
+	// Long-lived workers, compared with each other (not with the floor): the worker started
+	// once per client and fed directly, relayd --max-requests, and a go-plugin client reused.
+	groupWorkerReused = "worker direct, reused"
+	groupMaxRequests  = "relayd max-requests"
+	groupPluginReused = "go-plugin reused"
 )
+
+// maxRequests is N of the relayd --max-requests=N variant: high enough that a worker is
+// replaced about once per 1000 messages, so that what is left is the relaying itself.
+const maxRequests = 1000
 
 // variant is one way of answering a message at one concurrency: a row of the table.
 type variant struct {
@@ -69,6 +79,7 @@ func (v *variant) batch(ctx context.Context, per int, record bool, prog *progres
 		srvBefore = readUsage(v.server.pid())
 	}
 	selfBefore, childBefore := selfUsage()
+	liveBefore := v.liveCPU()
 	lat := make([][]time.Duration, len(v.clients))
 	errs := make([]error, len(v.clients))
 	start := time.Now()
@@ -98,6 +109,7 @@ func (v *variant) batch(ctx context.Context, per int, record bool, prog *progres
 	wg.Wait()
 	wall := time.Since(start)
 	selfAfter, childAfter := selfUsage()
+	live := v.liveCPU() - liveBefore
 	var srv usage
 	if v.server != nil {
 		if v.server.exited() {
@@ -122,11 +134,29 @@ func (v *variant) batch(ctx context.Context, per int, record bool, prog *progres
 		v.msgs += len(l)
 	}
 	v.wall += wall
-	v.cpu += selfAfter - selfBefore + childAfter - childBefore + srv.cpu + srv.children
+	v.cpu += selfAfter - selfBefore + childAfter - childBefore + live + srv.cpu + srv.children + srv.live
 	v.srv.cpu += srv.cpu
 	v.srv.children += srv.children
+	v.srv.live += srv.live
 	v.srv.cs += srv.cs
 	return nil
+}
+
+// liveProc is a client that keeps a process of the bench's alive across messages; its CPU time
+// is read from /proc, since rusage counts only children that have been reaped.
+type liveProc interface {
+	livePID() int
+}
+
+// liveCPU is the CPU time so far of the variant's clients' long-lived processes.
+func (v *variant) liveCPU() time.Duration {
+	var d time.Duration
+	for _, c := range v.clients {
+		if lp, ok := c.(liveProc); ok {
+			d += threadsCPU(lp.livePID())
+		}
+	}
+	return d
 }
 
 // bench holds the state of one run.
@@ -150,7 +180,7 @@ type spec struct {
 	clients int
 	target  int
 	pace    time.Duration
-	server  string // "relayd", "spares", "s6" or ""
+	server  string // "relayd", "spares", "maxreq", "s6" or ""
 }
 
 func (b *bench) setup(ctx context.Context) error {
@@ -187,6 +217,19 @@ func (b *bench) setup(ctx context.Context) error {
 	} else {
 		b.rep.notes = append(b.rep.notes, "s6-ipcserver: not installed, skipped")
 	}
+	for _, c := range []int{1, 8} {
+		specs = append(specs, spec{name: "worker direct, reused", group: groupWorkerReused, clients: c, target: cfg.n})
+	}
+	if b.bins.maxRequestsSupported {
+		for _, c := range []int{1, 8} {
+			specs = append(specs, spec{name: fmt.Sprintf("relayd --max-requests=%d", maxRequests), group: groupMaxRequests, clients: c, target: cfg.n, server: "maxreq"})
+		}
+	} else {
+		b.rep.notes = append(b.rep.notes, "max-requests: not supported by this relayd")
+	}
+	for _, c := range []int{1, 8} {
+		specs = append(specs, spec{name: "go-plugin, one client reused", group: groupPluginReused, clients: c, target: cfg.n})
+	}
 	specs = slices.DeleteFunc(specs, func(s spec) bool {
 		return !cfg.selected(s.name + " c" + strconv.Itoa(s.clients))
 	})
@@ -202,6 +245,8 @@ func (b *bench) setup(ctx context.Context) error {
 			srv, err = b.startRelayd(ctx, "relayd", "--worker-arg=--delay=0s")
 		case "spares":
 			srv, err = b.startRelayd(ctx, "relayd-spares", "--worker-arg=--delay=0s", "--spares="+strconv.Itoa(cfg.spares))
+		case "maxreq":
+			srv, err = b.startRelayd(ctx, "relayd-maxreq", "--worker-arg=--delay=0s", "--max-requests="+strconv.Itoa(maxRequests))
 		case "s6":
 			srv, err = b.startS6(ctx)
 		}
@@ -213,6 +258,9 @@ func (b *bench) setup(ctx context.Context) error {
 
 	for _, s := range specs {
 		v := &variant{name: s.name, group: s.group, nclients: s.clients, target: s.target, pace: s.pace, server: servers[s.server]}
+		// Listed before its clients exist, so that closeClients stops every process a client
+		// started, also when a later one fails to start.
+		b.variants = append(b.variants, v)
 		for range s.clients {
 			var c client
 			switch s.group {
@@ -220,7 +268,7 @@ func (b *bench) setup(ctx context.Context) error {
 				c = floorClient{bin: b.bins.empty, devnull: b.devnull}
 			case groupWorker:
 				c = &workerClient{bin: b.bins.worker, devnull: b.devnull}
-			case groupRelayd, groupSpares, groupSparesPaced:
+			case groupRelayd, groupSpares, groupSparesPaced, groupMaxRequests:
 				rc, err := dialRelay(ctx, socketOf(v.server))
 				if err != nil {
 					return fmt.Errorf("connecting to %s: %w", v.server.name, err)
@@ -230,10 +278,21 @@ func (b *bench) setup(ctx context.Context) error {
 				c = pluginClient{bin: b.bins.plugin}
 			case groupS6:
 				c = &s6Client{sock: socketOf(v.server)}
+			case groupWorkerReused:
+				wc, err := startWorkerReused(b.bins.worker, b.devnull)
+				if err != nil {
+					return fmt.Errorf("%s: %w", v.label(), err)
+				}
+				c = wc
+			case groupPluginReused:
+				pc, err := startPluginReused(ctx, b.bins.plugin)
+				if err != nil {
+					return fmt.Errorf("%s: %w", v.label(), err)
+				}
+				c = pc
 			}
 			v.clients = append(v.clients, c)
 		}
-		b.variants = append(b.variants, v)
 	}
 	b.rep.variants = b.variants
 	return nil

@@ -20,6 +20,8 @@ type binaries struct {
 	s6echo          string // the per-connection program s6-ipcserver forks
 	s6ipcserver     string // empty when s6 is not installed
 	sparesSupported bool   // relayd has --spares
+	// relayd has --max-requests
+	maxRequestsSupported bool
 }
 
 // leanFlags builds the way the Makefile builds the worker: static and stripped, so that each
@@ -89,6 +91,7 @@ func build(ctx context.Context, cfg *config, tmp string) (binaries, error) {
 		return b, fmt.Errorf("running relayd --help: %w\n%s", err, help)
 	}
 	b.sparesSupported = bytes.Contains(help, []byte("--spares"))
+	b.maxRequestsSupported = bytes.Contains(help, []byte("--max-requests"))
 	if p, err := exec.LookPath("s6-ipcserver"); err == nil {
 		b.s6ipcserver = p
 	}

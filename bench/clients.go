@@ -283,3 +283,138 @@ func (c pluginClient) do(ctx context.Context) error {
 }
 
 func (pluginClient) close() {}
+
+// workerReusedClient is one worker started directly and kept for every message of its client:
+// the request is written to its stdin and the reply read from its stdout, with nothing in
+// between. It is what a parent talking to a long-lived stdio worker pays, without relayd.
+type workerReusedClient struct {
+	cmd     *exec.Cmd
+	in, out *os.File
+	r       *bufio.Reader
+	closed  bool
+}
+
+func startWorkerReused(bin string, devnull *os.File) (*workerReusedClient, error) {
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return nil, err
+	}
+	cmd := exec.Command(bin, "--delay=0s")
+	cmd.Env = leanEnv
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, devnull
+	err = cmd.Start()
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
+		return nil, fmt.Errorf("starting worker: %w", err)
+	}
+	c := &workerReusedClient{cmd: cmd, in: inW, out: outR, r: bufio.NewReaderSize(outR, 4096)}
+	outR.SetReadDeadline(time.Now().Add(opTimeout))
+	line, err := c.r.ReadSlice('\n')
+	if err == nil && !bytes.HasPrefix(line, []byte(`{"ready":true,"protocol":1,`)) {
+		err = fmt.Errorf("ready line %q", line)
+	}
+	if err != nil {
+		c.close()
+		return nil, fmt.Errorf("reading worker: %w", err)
+	}
+	return c, nil
+}
+
+func (c *workerReusedClient) livePID() int { return c.cmd.Process.Pid }
+
+func (c *workerReusedClient) do(context.Context) error {
+	if _, err := c.in.Write(workerRequest); err != nil {
+		return fmt.Errorf("writing to worker: %w", err)
+	}
+	c.out.SetReadDeadline(time.Now().Add(opTimeout))
+	line, err := c.r.ReadSlice('\n')
+	if err != nil {
+		return fmt.Errorf("reading worker: %w", err)
+	}
+	if want := `{"id":"1","data":"` + textUpper + `"}` + "\n"; string(line) != want {
+		return fmt.Errorf("worker reply %q, want %q", line, want)
+	}
+	return nil
+}
+
+// close ends the worker by closing its stdin, and kills it if it has not exited within 5s.
+func (c *workerReusedClient) close() {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	c.in.Close()
+	t := time.AfterFunc(5*time.Second, func() { c.cmd.Process.Kill() })
+	c.cmd.Wait()
+	t.Stop()
+	c.out.Close()
+}
+
+// pluginReusedClient is one go-plugin client and plugin process, started once and called for
+// every message of its client: a long-lived go-plugin worker, whose start cost is amortized.
+type pluginReusedClient struct {
+	pc     *plugin.Client
+	pid    int
+	impl   upper.Upper
+	closed bool
+}
+
+func startPluginReused(ctx context.Context, bin string) (*pluginReusedClient, error) {
+	cmd := exec.Command(bin, "--delay=0s")
+	cmd.Env = leanEnv
+	pc := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  upper.Handshake,
+		Plugins:          plugin.PluginSet{upper.Name: &upper.Plugin{}},
+		Cmd:              cmd,
+		SkipHostEnv:      true,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		Logger:           hclog.NewNullLogger(),
+		StartTimeout:     opTimeout,
+	})
+	c := &pluginReusedClient{pc: pc}
+	rpc, err := pc.Client()
+	if err != nil {
+		c.close()
+		return nil, fmt.Errorf("starting plugin: %w", err)
+	}
+	raw, err := rpc.Dispense(upper.Name)
+	if err != nil {
+		c.close()
+		return nil, fmt.Errorf("dispensing plugin: %w", err)
+	}
+	c.impl, c.pid = raw.(upper.Upper), cmd.Process.Pid
+	return c, nil
+}
+
+func (c *pluginReusedClient) livePID() int { return c.pid }
+
+func (c *pluginReusedClient) do(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	got, err := c.impl.Upper(ctx, text)
+	if err != nil {
+		return fmt.Errorf("calling plugin: %w", err)
+	}
+	if got != textUpper {
+		return fmt.Errorf("plugin answered %q, want %q", got, textUpper)
+	}
+	return nil
+}
+
+// close kills the plugin: Kill closes the connection, waits for the exit, and reaps it.
+func (c *pluginReusedClient) close() {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	c.pc.Kill()
+}

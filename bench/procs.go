@@ -175,18 +175,21 @@ func statusKB(pid int, key string) (int64, error) {
 type usage struct {
 	cpu      time.Duration // its own threads' CPU time (schedstat, ns precision)
 	children time.Duration // CPU time of the children it has reaped (clock ticks)
+	live     time.Duration // CPU time so far of its live children (schedstat): long-lived workers
 	cs       int64         // context switches of its threads, voluntary and not
 }
 
 func (u usage) sub(v usage) usage {
-	return usage{cpu: u.cpu - v.cpu, children: u.children - v.children, cs: u.cs - v.cs}
+	return usage{cpu: u.cpu - v.cpu, children: u.children - v.children, live: u.live - v.live, cs: u.cs - v.cs}
 }
 
 // clockTick is USER_HZ, the unit of the CPU times in /proc/<pid>/stat; it is 100 on Linux.
 const clockTick = 10 * time.Millisecond
 
 // readUsage reads a live process's usage from /proc. Threads that have ended are not counted
-// in cpu and cs; Go keeps its threads, so that matters little.
+// in cpu and cs; Go keeps its threads, so that matters little. A child's CPU time counts in live
+// while it runs and in children once reaped, so a difference of two readings holds the work
+// of the children alive at either reading too (relayd --max-requests keeps its workers).
 func readUsage(pid int) usage {
 	var u usage
 	dir := "/proc/" + strconv.Itoa(pid)
@@ -203,10 +206,12 @@ func readUsage(pid int) usage {
 	}
 	tasks, _ := os.ReadDir(dir + "/task")
 	for _, t := range tasks {
-		if b, err := os.ReadFile(dir + "/task/" + t.Name() + "/schedstat"); err == nil {
-			if f := strings.Fields(string(b)); len(f) > 0 {
-				ns, _ := strconv.ParseInt(f[0], 10, 64)
-				u.cpu += time.Duration(ns)
+		u.cpu += taskCPU(dir + "/task/" + t.Name())
+		if b, err := os.ReadFile(dir + "/task/" + t.Name() + "/children"); err == nil {
+			for _, c := range strings.Fields(string(b)) {
+				if cpid, err := strconv.Atoi(c); err == nil {
+					u.live += threadsCPU(cpid)
+				}
 			}
 		}
 		if b, err := os.ReadFile(dir + "/task/" + t.Name() + "/status"); err == nil {
@@ -220,6 +225,34 @@ func readUsage(pid int) usage {
 		}
 	}
 	return u
+}
+
+// taskCPU is the run time of one thread, from its schedstat.
+func taskCPU(taskDir string) time.Duration {
+	b, err := os.ReadFile(taskDir + "/schedstat")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	ns, _ := strconv.ParseInt(f[0], 10, 64)
+	return time.Duration(ns)
+}
+
+// threadsCPU is the CPU time so far of every live thread of process pid, or 0 if it is gone.
+func threadsCPU(pid int) time.Duration {
+	if pid <= 0 {
+		return 0
+	}
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	tasks, _ := os.ReadDir(dir)
+	var d time.Duration
+	for _, t := range tasks {
+		d += taskCPU(dir + t.Name())
+	}
+	return d
 }
 
 // selfUsage is the CPU time of the bench itself and of the children it has reaped.

@@ -95,10 +95,12 @@ func (r *report) markdown() string {
 			}
 			p50 := float64(v.quantile(50))
 			var fl50, fltp, wk50, wktp float64
-			if f := r.find(groupFloor, c); f != nil {
+			if longLived(v.group) {
+				// Compared with each other below, not with starting a process.
+			} else if f := r.find(groupFloor, c); f != nil {
 				fl50, fltp = float64(f.quantile(50)), f.throughput()
 			}
-			if w := r.find(groupWorker, c); w != nil {
+			if w := r.find(groupWorker, c); w != nil && !longLived(v.group) {
 				wk50, wktp = float64(w.quantile(50)), w.throughput()
 			}
 			fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %s | %s | %.2f | %s | %s | %s | %s |\n",
@@ -108,7 +110,7 @@ func (r *report) markdown() string {
 		}
 
 		fmt.Fprintf(&b, "\n### The server's own work per message\n\n")
-		fmt.Fprintf(&b, "From /proc of the server process: its threads' CPU time (schedstat) and context switches (voluntary + involuntary), and the CPU time of the children it reaped (workers, in clock ticks).\n\n")
+		fmt.Fprintf(&b, "From /proc of the server process: its threads' CPU time (schedstat) and context switches (voluntary + involuntary), and the CPU time of its children (workers: those it reaped, from its cutime and cstime, and those still alive, from their schedstat).\n\n")
 		fmt.Fprintf(&b, "| variant | clients | own CPU µs/msg | context switches/msg | children's CPU µs/msg |\n|---|--:|--:|--:|--:|\n")
 		rows := slices.Clone(r.variants)
 		if r.soak != nil {
@@ -120,8 +122,9 @@ func (r *report) markdown() string {
 			}
 			n := float64(v.msgs)
 			fmt.Fprintf(&b, "| %s | %d | %.0f | %.1f | %.0f |\n", v.name, v.nclients,
-				float64(v.srv.cpu.Microseconds())/n, float64(v.srv.cs)/n, float64(v.srv.children.Microseconds())/n)
+				float64(v.srv.cpu.Microseconds())/n, float64(v.srv.cs)/n, float64((v.srv.children+v.srv.live).Microseconds())/n)
 		}
+		b.WriteString(r.longLived())
 	}
 
 	if len(r.bursts) > 0 {
@@ -158,6 +161,39 @@ func (r *report) markdown() string {
 	}
 
 	b.WriteString(r.targets())
+	return b.String()
+}
+
+// longLived reports whether a group's workers serve many messages each.
+func longLived(group string) bool {
+	return group == groupWorkerReused || group == groupMaxRequests || group == groupPluginReused
+}
+
+// longLived compares the long-lived workers: a go-plugin client reused for every message with
+// relayd --max-requests and with the stdio worker fed directly, at the same number of clients.
+func (r *report) longLived() string {
+	var b strings.Builder
+	for _, c := range []int{1, 8} {
+		pv := r.find(groupPluginReused, c)
+		if pv == nil {
+			continue
+		}
+		if b.Len() == 0 {
+			fmt.Fprintf(&b, "\n### Long-lived workers: go-plugin reused against stdio workers\n\n")
+			fmt.Fprintf(&b, "Each client keeps one worker for all its messages: a go-plugin client and plugin process (gRPC), relayd --max-requests=%d (a worker serves %d messages), or the stdio worker fed directly by the bench. Ratios are go-plugin's number over the other's: above 1 means go-plugin is slower (p50, CPU) or faster (msg/s).\n\n", maxRequests, maxRequests)
+			fmt.Fprintf(&b, "| go-plugin reused against | clients | p50 µs | msg/s | CPU µs/msg | go-plugin p50 ÷ | go-plugin msg/s ÷ | go-plugin CPU ÷ |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
+		}
+		cpu := func(v *variant) float64 { return float64(v.cpu.Microseconds()) / float64(v.msgs) }
+		fmt.Fprintf(&b, "| (go-plugin, one client reused) | %d | %s | %.0f | %.0f | | | |\n", c, us(pv.quantile(50)), pv.throughput(), cpu(pv))
+		for _, g := range []string{groupMaxRequests, groupWorkerReused} {
+			o := r.find(g, c)
+			if o == nil {
+				continue
+			}
+			fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %.0f | %s | %s | %s |\n", o.name, c, us(o.quantile(50)), o.throughput(), cpu(o),
+				ratio(float64(pv.quantile(50)), float64(o.quantile(50))), ratio(pv.throughput(), o.throughput()), ratio(cpu(pv), cpu(o)))
+		}
+	}
 	return b.String()
 }
 
