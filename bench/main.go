@@ -1,7 +1,9 @@
 // Command relay-bench is relayd's benchmark (issue 5): it measures, interleaved in one run, the
 // floor (start and wait of an empty static Go binary), the worker started directly, relayd's
-// echo round trip and throughput, go-plugin and s6-ipcserver peers doing the same work, a burst
-// of slow messages, and relayd's and the worker's memory, and prints a markdown report.
+// echo round trip and throughput, go-plugin and s6-ipcserver peers doing the same work, and
+// long-lived workers (the stdio worker fed directly, relayd --max-requests, a go-plugin client
+// reused), then a burst of slow messages and relayd's and the worker's memory, and prints a
+// markdown report.
 //
 // Usage (from the module root; make bench runs it after make build):
 //
@@ -66,7 +68,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	c := &config{args: args}
 	fs.BoolVar(&c.smoke, "smoke", false, "a few dozen messages in all, to prove that every measurement works (CI)")
-	fs.IntVar(&c.n, "n", 4000, "messages measured per variant (go-plugin gets a fifth, the paced variant half)")
+	fs.IntVar(&c.n, "n", 4000, "messages measured per variant (go-plugin per message gets a fifth, the paced variant half)")
 	fs.IntVar(&c.rounds, "rounds", 30, "interleaving rounds; every variant runs one batch of n/rounds messages per round")
 	fs.IntVar(&c.soak, "soak", 100000, "messages relayd answers between its two RSS readings")
 	fs.IntVar(&c.burst, "burst", 1000, "messages of the burst, sent at once with the worker's default 100ms delay")
