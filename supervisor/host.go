@@ -453,7 +453,7 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 		send(cur)
 	}
 
-	ready := false
+	ready, retired := false, false
 	jobs := p.jobs
 	var ws syscall.WaitStatus
 	var drain <-chan time.Time
@@ -481,12 +481,15 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 				if h.opts.OnReady != nil && protoErr == nil {
 					h.opts.OnReady(time.Since(ex.Started))
 				}
+				// A new spare joins the pool before it stops counting as starting, so that the
+				// refiller never sees it in neither and forks one too many.
+				if cur == nil && protoErr == nil && !h.putIdle(p) {
+					retired = true
+					p.stdin.Close() // No room for another idle worker: retire it.
+				}
 				if p.unready {
 					p.unready = false
 					h.starting.Add(-1)
-				}
-				if cur == nil && protoErr == nil && !h.putIdle(p) {
-					p.stdin.Close() // No room for another idle worker: retire it.
 				}
 			case cur == nil || replied:
 				fail(fmt.Errorf("unexpected line: %q", clip(l.line, 80)))
@@ -554,6 +557,10 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 	aux.Wait()
 	ex.Replied = replied
 	ex.classify(ws, p.stoppedFor(), protoErr)
+	if retired && ex.Reason.Kind == ReasonProtocol && errors.Is(ex.Err, ErrNoReply) {
+		// Told to go before it had a job, it owed no reply.
+		ex.Reason, ex.Err = Reason{Kind: ReasonNormal}, nil
+	}
 	ex.Duration = time.Since(ex.Started)
 	h.events <- Event{PID: p.pid, Job: cur, Replied: replied, Exit: ex}
 }
