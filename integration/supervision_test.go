@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -323,4 +324,96 @@ func TestOneClientCannotStarveAnother(t *testing.T) {
 	}
 	greedy.Close()
 	<-sent
+}
+
+// TestClientGoneMidFlight: a client that sends slow messages and goes away loses its answers and
+// nothing else. The workers finish and are reaped, and relayd's descriptors and goroutines
+// come back to where they were.
+func TestClientGoneMidFlight(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	r := startRelayd(t, sock, "--worker-arg=--delay=300ms", "--stats-interval=0")
+	pid := r.cmd.Process.Pid
+	baseFDs := fdCount(pid)
+	baseGoroutines := stats(t, sock)["goroutines"].(float64)
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		fmt.Fprintf(c, `{"id":%d,"to":"relay","topic":"echo","data":"gone"}`+"\n", i)
+	}
+	if !eventually(5*time.Second, func() bool { return len(descendants(pid)) >= 10 }) {
+		t.Fatalf("workers did not start: %v", descendants(pid))
+	}
+	c.Close()
+	if !eventually(5*time.Second, func() bool { return len(descendants(pid)) == 0 }) {
+		t.Errorf("workers left after their client went away: %v", descendants(pid))
+	}
+	if !eventually(3*time.Second, func() bool { return fdCount(pid) <= baseFDs }) {
+		t.Errorf("relayd has %d descriptors, %d before", fdCount(pid), baseFDs)
+	}
+	var g float64
+	if !eventually(3*time.Second, func() bool { g = stats(t, sock)["goroutines"].(float64); return g <= baseGoroutines }) {
+		t.Errorf("relayd has %v goroutines, %v before", g, baseGoroutines)
+	}
+	if a := ask(t, sock, "still serving"); a.Error != nil {
+		t.Errorf("after the client went away: %s", a.Raw)
+	}
+	if strings.Contains(r.log.String(), "panic") {
+		t.Errorf("relayd log mentions a panic:\n%s", r.log)
+	}
+}
+
+// TestSecondSignalKillsAtOnce: the first SIGTERM waits up to --shutdown-timeout for running
+// workers; a second one stops them at once, and their senders get shutting_down.
+func TestSecondSignalKillsAtOnce(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	r := startRelayd(t, sock, "--allow-fault-injection", "--worker-arg=--delay=0s", "--shutdown-timeout=1m", "--message-timeout=1m")
+	c, err := ipc.Dial(t.Context(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	call, err := c.Send("relay", "echo", "!hang")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(5*time.Second, func() bool { return len(descendants(r.cmd.Process.Pid)) == 1 }) {
+		t.Fatal("worker did not start")
+	}
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	if !eventually(5*time.Second, func() bool { return strings.Contains(r.log.String(), "shutting down") }) {
+		t.Fatalf("no shutdown after SIGTERM; log:\n%s", r.log)
+	}
+	select {
+	case err := <-r.exited:
+		t.Fatalf("relayd exited (%v) with a worker running and a minute of shutdown timeout left", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	start := time.Now()
+	r.stop(t) // The second SIGTERM; requires exit 0 and the socket removed.
+	a, err := c.Wait(t.Context(), call)
+	if err != nil || a.Error == nil || a.Error.Code != ipc.CodeShuttingDown {
+		t.Errorf("answer %s (%v), want shutting_down", a.Raw, err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("relayd took %v to stop after the second signal", d)
+	}
+}
+
+// TestUnavailableWorker runs relayd with a worker executable that does not exist: messages are
+// answered unavailable, and the state is logged once, not once per message.
+func TestUnavailableWorker(t *testing.T) {
+	dir := shortTempDir(t)
+	sock := filepath.Join(dir, "s")
+	r := startRelayd(t, sock, "--worker", filepath.Join(dir, "missing"))
+	for range 5 {
+		a := ask(t, sock, "anyone?")
+		if a.Error == nil || a.Error.Code != ipc.CodeUnavailable || !strings.Contains(a.Error.Message, "no such file") {
+			t.Errorf("answer %s, want unavailable naming the missing file", a.Raw)
+		}
+	}
+	if n := strings.Count(r.log.String(), "spawn failed"); n != 1 {
+		t.Errorf("%q logged %d times, want once; log:\n%s", "spawn failed", n, r.log)
+	}
 }
