@@ -69,21 +69,7 @@ func eventually(d time.Duration, cond func() bool) bool {
 
 func stats(t *testing.T, socket string) map[string]any {
 	t.Helper()
-	c, err := ipc.Dial(t.Context(), socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	call, err := c.Send("relay", "stats", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	a, err := c.Wait(ctx, call)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := dialAndRequest(t, socket, "stats", nil)
 	var s map[string]any
 	if err := json.Unmarshal(a.Data, &s); err != nil {
 		t.Fatalf("stats data %s: %v", a.Data, err)

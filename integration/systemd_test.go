@@ -22,22 +22,19 @@ import (
 // ask sends one echo message and returns its answer.
 func ask(t *testing.T, socket, data string) ipc.Answer {
 	t.Helper()
+	return dialAndRequest(t, socket, "echo", data)
+}
+
+// dialAndRequest sends one message on topic to the relay, on a connection of its own, and
+// returns its answer.
+func dialAndRequest(t *testing.T, socket, topic string, data any) ipc.Answer {
+	t.Helper()
 	c, err := ipc.Dial(t.Context(), socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	call, err := c.Send("relay", "echo", data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	a, err := c.Wait(ctx, call)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
+	return request(t, c, topic, data)
 }
 
 func unquote(t *testing.T, a ipc.Answer) string {
