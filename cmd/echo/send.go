@@ -56,12 +56,20 @@ func ask(ctx context.Context, o options, topic string, data any) (ipc.Answer, er
 		return ipc.Answer{}, err
 	}
 	defer c.Close()
+	// Nothing more will be sent; the half-close tells relayd so, as socat does.
+	return askOn(ctx, c, o, topic, data, true)
+}
+
+// askOn sends one message on c and waits up to --timeout for its answer, turning what went
+// wrong into echo's exit codes: relay not available, timeout, or interrupted.
+func askOn(ctx context.Context, c *ipc.Client, o options, topic string, data any, last bool) (ipc.Answer, error) {
 	call, err := c.Send(o.to, topic, data)
 	if err != nil {
 		return ipc.Answer{}, exitf(exitUnavailable, "relay not available at %s: %v", o.socket, reason(err))
 	}
-	// Nothing more will be sent; the half-close tells relayd so, as socat does.
-	_ = c.CloseWrite()
+	if last {
+		_ = c.CloseWrite()
+	}
 	wctx, cancel := context.WithDeadline(ctx, call.Sent.Add(o.timeout))
 	defer cancel()
 	a, err := c.Wait(wctx, call)
@@ -77,21 +85,28 @@ func ask(ctx context.Context, o options, topic string, data any) (ipc.Answer, er
 	}
 }
 
+// showFrame prints the answer's frame with --json, and turns an error answer into exit code 1.
+// It reports whether the caller should still print the answer's data.
+func showFrame(stdout io.Writer, o options, a ipc.Answer) (bool, error) {
+	if o.json {
+		fmt.Fprintf(stdout, "%s\n", a.Raw)
+	}
+	if a.Error != nil {
+		return false, &exitError{code: exitReplyError, err: a.Error}
+	}
+	return !o.json, nil
+}
+
 // oneShot sends msg and prints the answer's data, or with --json the whole frame.
 func oneShot(ctx context.Context, o options, msg string, stdout io.Writer) error {
 	a, err := ask(ctx, o, o.topic, msg)
 	if err != nil {
 		return err
 	}
-	if o.json {
-		fmt.Fprintf(stdout, "%s\n", a.Raw)
+	if show, err := showFrame(stdout, o, a); !show {
+		return err
 	}
-	if a.Error != nil {
-		return &exitError{code: exitReplyError, err: a.Error}
-	}
-	if !o.json {
-		fmt.Fprintln(stdout, dataText(a.Data))
-	}
+	fmt.Fprintln(stdout, dataText(a.Data))
 	return nil
 }
 
@@ -107,14 +122,8 @@ func askAndShow(ctx context.Context, o options, topic string, stdout io.Writer, 
 	if err != nil {
 		return err
 	}
-	if o.json {
-		fmt.Fprintf(stdout, "%s\n", a.Raw)
-	}
-	if a.Error != nil {
-		return &exitError{code: exitReplyError, err: a.Error}
-	}
-	if o.json {
-		return nil
+	if data, err := showFrame(stdout, o, a); !data {
+		return err
 	}
 	return show(stdout, a.Data)
 }

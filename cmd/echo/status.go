@@ -184,23 +184,10 @@ func (p *poller) status(ctx context.Context) (ipc.Answer, error) {
 		}
 		p.c = c
 	}
-	call, err := p.c.Send(p.o.to, topicStatus, nil)
-	if err != nil {
-		p.close()
-		return ipc.Answer{}, exitf(exitUnavailable, "relay not available at %s: %v", p.o.socket, reason(err))
+	a, err := askOn(ctx, p.c, p.o, topicStatus, nil, false)
+	var ee *exitError
+	if errors.As(err, &ee) && ee.code == exitUnavailable {
+		p.close() // The connection is broken: dial again next time.
 	}
-	wctx, cancel := context.WithDeadline(ctx, call.Sent.Add(p.o.timeout))
-	defer cancel()
-	a, err := p.c.Wait(wctx, call)
-	switch {
-	case err == nil:
-		return a, nil
-	case ctx.Err() != nil:
-		return ipc.Answer{}, errInterrupted
-	case errors.Is(err, context.DeadlineExceeded):
-		return ipc.Answer{}, exitf(exitTimeout, "timeout after %v", p.o.timeout)
-	default:
-		p.close()
-		return ipc.Answer{}, exitf(exitUnavailable, "%v", err)
-	}
+	return a, err
 }

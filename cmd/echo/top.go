@@ -60,13 +60,11 @@ func topSnapshots(ctx context.Context, o options, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if o.json {
-			fmt.Fprintf(stdout, "%s\n", a.Raw)
+		show, err := showFrame(stdout, o, a)
+		if err != nil {
+			return err
 		}
-		if a.Error != nil {
-			return &exitError{code: exitReplyError, err: a.Error}
-		}
-		if !o.json {
+		if show {
 			st, err := parseStatus(a.Data)
 			if err != nil {
 				return err
