@@ -33,12 +33,12 @@ run: build ## Start relayd on a private socket and open the echo REPL; relayd st
 test: ## Run every test: gofmt, vet, unit and end-to-end tests with the race detector, a short fuzz run, the unit-file and install checks, a benchmark smoke run.
 	@fmt=$$(gofmt -l .); if [ -n "$$fmt" ]; then echo "gofmt would change:"; echo "$$fmt"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./...
-	GODEBUG=execwait=2 $(GO) test -count=1 ./supervisor/
-	$(GO) test -run='^$$' -fuzz=FuzzDecodeRequest -fuzztime=10s ./ipc/
 	deploy/systemd/check.sh
 	deploy/check-install.sh
 	$(MAKE) --no-print-directory bench-smoke
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeRequest -fuzztime=10s ./ipc/
+	GODEBUG=execwait=2 $(GO) test -count=1 ./supervisor/
+	$(GO) test -race -count=1 ./...
 
 BENCH_FLAGS ?=
 
