@@ -30,9 +30,10 @@ run: build ## Start relayd on a private socket and open the echo REPL; relayd st
 	RELAY_SOCKET="$$sock" $(BIN)/echo
 
 .PHONY: test
-test: ## Run every test: gofmt, vet, unit and end-to-end tests with the race detector, a short fuzz run, the unit-file and install checks, a benchmark smoke run.
+test: ## Run every test: gofmt, vet, staticcheck, unit and end-to-end tests with the race detector, a short fuzz run, the unit-file and install checks, a benchmark smoke run.
 	@fmt=$$(gofmt -l .); if [ -n "$$fmt" ]; then echo "gofmt would change:"; echo "$$fmt"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 	deploy/systemd/check.sh
 	deploy/check-install.sh
 	$(MAKE) --no-print-directory bench-smoke

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -18,12 +17,8 @@ import (
 // env to the go command's environment and flags to its arguments. It prints nothing unless the
 // build fails.
 func Build(out string, env, flags []string, pkgs ...string) error {
-	gocmd, err := exec.LookPath("go")
-	if err != nil {
-		gocmd = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
 	args := append(append([]string{"build", "-o", out}, flags...), pkgs...)
-	cmd := exec.Command(gocmd, args...)
+	cmd := exec.Command("go", args...)
 	cmd.Env = append(os.Environ(), env...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("building %s: %v\n%s", strings.Join(pkgs, " "), err, b)
