@@ -491,6 +491,11 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 					p.unready = false
 					h.starting.Add(-1)
 				}
+				// A worker that starts proves workers can start: top the spares up, in case
+				// they ran out while they could not.
+				if h.opts.Spares > 0 && protoErr == nil {
+					h.refill()
+				}
 			case cur == nil || replied:
 				fail(fmt.Errorf("unexpected line: %q", clip(l.line, 80)))
 			default:

@@ -407,3 +407,23 @@ func TestStderrForwarding(t *testing.T) {
 		})
 	}
 }
+
+// TestSparesComeBack starts a Host whose worker is missing, so its spares fail; once the worker
+// is there and a message starts one, the spares are refilled.
+func TestSparesComeBack(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "worker")
+	h := newHost(t, Options{Path: path, Args: []string{"--delay=0s"}, Spares: 2})
+	for range 2 {
+		if ev := <-h.Events(); ev.Exit == nil || ev.Exit.Reason.Kind != ReasonSpawnFailed {
+			t.Fatalf("event %+v, want a spare that could not start", ev)
+		}
+	}
+	if err := os.Symlink(workerBin, path); err != nil {
+		t.Fatal(err)
+	}
+	if _, reply := spawnOne(t, h, &Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"back"`), Attempt: 1}); reply == nil {
+		t.Fatal("no reply once the worker exists")
+	}
+	waitFor(t, "the spares to come back", func() bool { return h.Idle() == 2 })
+}
