@@ -173,6 +173,11 @@ func (tm *terminal) waitExit() {
 	case <-time.After(expectTimeout):
 		tm.t.Fatalf("echo still running %v after it was told to quit; output:\n%q", expectTimeout, tm.output())
 	}
+	// Its last output may still be on its way through the pty: read to the end.
+	select {
+	case <-tm.readDone:
+	case <-time.After(expectTimeout):
+	}
 	if tm.waitErr != nil {
 		tm.t.Errorf("echo exited: %v, want status 0; output:\n%q", tm.waitErr, tm.output())
 	}
