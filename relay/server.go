@@ -80,7 +80,10 @@ func NewServer(cfg ServerConfig) *Server {
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.stopped {
+		// StopReading came first; the listener is still ours to close (which also removes a
+		// socket file relayd created).
 		s.mu.Unlock()
+		ln.Close()
 		return nil
 	}
 	s.ln = ln
