@@ -403,3 +403,42 @@ func TestUnavailableWorker(t *testing.T) {
 		t.Errorf("%q logged %d times, want once; log:\n%s", "spawn failed", n, r.log)
 	}
 }
+
+// TestSparesAndMaxRequests runs the two ways around a fork per message through relayd: a
+// spare listed idle by the status topic answers the next message, and with --max-requests=3
+// one worker answers three messages before a new one takes over.
+func TestSparesAndMaxRequests(t *testing.T) {
+	t.Run("spares", func(t *testing.T) {
+		sock := filepath.Join(shortTempDir(t), "s")
+		startRelayd(t, sock, "--spares=1", "--worker-arg=--delay=0s")
+		var idle int
+		if !eventually(5*time.Second, func() bool {
+			var st ipc.Status
+			if json.Unmarshal(dialAndRequest(t, sock, "status", nil).Data, &st) != nil || len(st.Workers) != 1 {
+				return false
+			}
+			idle = st.Workers[0].PID
+			return st.Workers[0].State == "idle"
+		}) {
+			t.Fatal("no idle spare listed")
+		}
+		if a := ask(t, sock, "spare"); a.Worker == nil || a.Worker.PID != idle {
+			t.Errorf("answer %s, want it from the spare %d", a.Raw, idle)
+		}
+	})
+	t.Run("max-requests", func(t *testing.T) {
+		sock := filepath.Join(shortTempDir(t), "s")
+		startRelayd(t, sock, "--max-requests=3", "--worker-arg=--delay=0s")
+		var pids []int
+		for range 4 {
+			a := ask(t, sock, "again")
+			if a.Worker == nil {
+				t.Fatalf("answer %s", a.Raw)
+			}
+			pids = append(pids, a.Worker.PID)
+		}
+		if pids[0] != pids[1] || pids[1] != pids[2] || pids[3] == pids[0] {
+			t.Errorf("worker pids %v, want one worker for three messages, then a new one", pids)
+		}
+	})
+}
