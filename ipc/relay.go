@@ -28,7 +28,7 @@ type Status struct {
 type WorkerStatus struct {
 	PID        int             `json:"pid"`
 	AgeSeconds float64         `json:"age_seconds"`
-	State      string          `json:"state"` // "busy" or "idle"
+	State      string          `json:"state"` // "busy", "idle" (ready, no message) or "starting" (no ready line yet)
 	Attempt    int             `json:"attempt,omitempty"`
 	Sender     string          `json:"sender,omitempty"`
 	MessageID  json.RawMessage `json:"message_id,omitempty"`

@@ -87,6 +87,9 @@ func (r *Relay) Status() Status {
 	now := time.Now()
 	for _, w := range r.cfg.Host.Workers() {
 		ws := ipc.WorkerStatus{PID: w.PID, AgeSeconds: now.Sub(w.Started).Round(time.Millisecond).Seconds(), State: "idle"}
+		if !w.Ready {
+			ws.State = "starting"
+		}
 		if w.Job != nil {
 			ws.State, ws.Attempt = "busy", w.Job.Attempt
 			if m, ok := w.Job.Tag.(*Message); ok {

@@ -475,6 +475,7 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 					fail(fmt.Errorf("worker speaks protocol %d, want %d", r.Protocol, ipc.ProtocolVersion))
 				}
 				ready, readyAt = true, time.Now()
+				p.setReady()
 				if cur != nil {
 					cur.Timing.Ready = readyAt
 				}
@@ -574,6 +575,8 @@ func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
 type WorkerInfo struct {
 	PID     int
 	Started time.Time
+	// Ready reports that its ready line has arrived.
+	Ready bool
 	// Job is the job it serves; nil for an idle worker.
 	Job *Job
 }
@@ -586,7 +589,7 @@ func (h *Host) Workers() []WorkerInfo {
 			continue
 		}
 		p.mu.Lock()
-		ws = append(ws, WorkerInfo{PID: p.pid, Started: p.started, Job: p.job})
+		ws = append(ws, WorkerInfo{PID: p.pid, Started: p.started, Job: p.job, Ready: p.ready})
 		p.mu.Unlock()
 	}
 	slices.SortFunc(ws, func(a, b WorkerInfo) int { return a.Started.Compare(b.Started) })

@@ -29,6 +29,7 @@ type proc struct {
 	mu       sync.Mutex
 	started  time.Time   // guarded by mu
 	job      *Job        // guarded by mu; the job it serves, for Host.Workers
+	ready    bool        // guarded by mu; its ready line has arrived
 	dead     bool        // guarded by mu; set when the monitor stops taking jobs
 	deadline *time.Timer // guarded by mu; the current job's timeout
 	reaped   bool        // guarded by mu; once set, the pid and its group may belong to someone else
@@ -145,6 +146,12 @@ func (p *proc) assign(job *Job) bool {
 	p.job = job
 	p.jobs <- job
 	return true
+}
+
+func (p *proc) setReady() {
+	p.mu.Lock()
+	p.ready = true
+	p.mu.Unlock()
 }
 
 func (p *proc) setJob(j *Job) {

@@ -43,7 +43,7 @@ Sends messages to relayd over its Unix socket and prints the answers.
                         prints one line per input line, in input order
   echo --stats          prints the relay's counters as sorted "name value" lines
   echo --status         prints the registered names, a table of the live workers (PID, AGE,
-                        STATE busy or idle, ATTEMPT, SENDER connection, MESSAGE id) and a
+                        STATE busy, idle or starting, ATTEMPT, SENDER connection, MESSAGE id) and a
                         stats line; with --json the reply frame
   echo --top            on a terminal, a live view of the stats and workers that refreshes once
                         a second, like top (q or Ctrl+C quits; the last frame stays); otherwise
