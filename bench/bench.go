@@ -448,26 +448,9 @@ func (b *bench) workerRSS(ctx context.Context) error {
 }
 
 func (b *bench) oneWorkerRSS(ctx context.Context) (hwm, rss int64, err error) {
-	inR, inW, err := os.Pipe()
-	if err != nil {
-		return 0, 0, err
-	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		inR.Close()
-		inW.Close()
-		return 0, 0, err
-	}
 	const delay = 500 * time.Millisecond
-	cmd := exec.Command(b.bins.worker, "--delay="+delay.String())
-	cmd.Env = leanEnv
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, b.devnull
-	err = cmd.Start()
-	inR.Close()
-	outW.Close()
+	cmd, inW, outR, err := startWorker(b.bins.worker, delay, b.devnull)
 	if err != nil {
-		inW.Close()
-		outR.Close()
 		return 0, 0, err
 	}
 	defer func() {

@@ -69,26 +69,9 @@ type workerClient struct {
 }
 
 func (c *workerClient) do(context.Context) (err error) {
-	inR, inW, err := os.Pipe()
+	cmd, inW, outR, err := startWorker(c.bin, 0, c.devnull)
 	if err != nil {
 		return err
-	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		inR.Close()
-		inW.Close()
-		return err
-	}
-	cmd := exec.Command(c.bin, "--delay=0s")
-	cmd.Env = leanEnv
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, c.devnull
-	err = cmd.Start()
-	inR.Close()
-	outW.Close()
-	if err != nil {
-		inW.Close()
-		outR.Close()
-		return fmt.Errorf("starting worker: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -295,26 +278,9 @@ type workerReusedClient struct {
 }
 
 func startWorkerReused(bin string, devnull *os.File) (*workerReusedClient, error) {
-	inR, inW, err := os.Pipe()
+	cmd, inW, outR, err := startWorker(bin, 0, devnull)
 	if err != nil {
 		return nil, err
-	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		inR.Close()
-		inW.Close()
-		return nil, err
-	}
-	cmd := exec.Command(bin, "--delay=0s")
-	cmd.Env = leanEnv
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, devnull
-	err = cmd.Start()
-	inR.Close()
-	outW.Close()
-	if err != nil {
-		inW.Close()
-		outR.Close()
-		return nil, fmt.Errorf("starting worker: %w", err)
 	}
 	c := &workerReusedClient{cmd: cmd, in: inW, out: outR, r: bufio.NewReaderSize(outR, 4096)}
 	outR.SetReadDeadline(time.Now().Add(opTimeout))
@@ -417,4 +383,31 @@ func (c *pluginReusedClient) close() {
 	}
 	c.closed = true
 	c.pc.Kill()
+}
+
+// startWorker starts the worker with --delay=delay, its stdin and stdout on pipes and its
+// stderr on devnull, the way relayd would but without relayd. in and out are the parent's ends.
+func startWorker(bin string, delay time.Duration, devnull *os.File) (cmd *exec.Cmd, in, out *os.File, err error) {
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return nil, nil, nil, err
+	}
+	cmd = exec.Command(bin, "--delay="+delay.String())
+	cmd.Env = leanEnv
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, devnull
+	err = cmd.Start()
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
+		return nil, nil, nil, fmt.Errorf("starting worker: %w", err)
+	}
+	return cmd, inW, outR, nil
 }
