@@ -38,6 +38,10 @@ var commands = []struct {
 // binDir holds the built commands; TestMain puts it first on PATH.
 var binDir string
 
+// plainRelayd is relayd built without the race detector, whose memory tests measure: the race
+// runtime multiplies a program's memory several times over. Without -race it is binDir's relayd.
+var plainRelayd string
+
 func TestMain(m *testing.M) {
 	os.Exit(testMain(m))
 }
@@ -53,6 +57,14 @@ func testMain(m *testing.M) int {
 	if err := build(binDir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	plainRelayd = filepath.Join(binDir, "relayd")
+	if raceEnabled {
+		plainRelayd = filepath.Join(tmp, "plain", "relayd")
+		if err := testbin.Build(plainRelayd, nil, nil, "relayd/cmd/relayd"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	os.Setenv("PATH", binDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	if os.Getenv("GODEBUG") == "" {
@@ -134,8 +146,15 @@ type relayd struct {
 // At the end of the test, unless stop was called before, it stops relayd.
 func startRelayd(t *testing.T, socket string, args ...string) *relayd {
 	t.Helper()
+	return startRelaydBin(t, filepath.Join(binDir, "relayd"), socket, args...)
+}
+
+// startRelaydBin is startRelayd with the relayd executable at bin.
+func startRelaydBin(t *testing.T, bin, socket string, args ...string) *relayd {
+	t.Helper()
 	r := &relayd{socket: socket, log: new(syncBuffer), exited: make(chan error, 1)}
-	r.cmd = exec.Command(filepath.Join(binDir, "relayd"), append([]string{"--socket", socket}, args...)...)
+	args = append([]string{"--socket", socket, "--worker", filepath.Join(binDir, "worker")}, args...)
+	r.cmd = exec.Command(bin, args...)
 	r.cmd.Stdout = r.log
 	r.cmd.Stderr = r.log
 	if err := r.cmd.Start(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Error codes carried by error replies. They are part of the wire contract: append only.
@@ -84,6 +85,11 @@ type rawRequest struct {
 // DecodeRequest parses and validates one request line (without its newline). On failure it
 // returns a bad_request *Error and, when it could be read, the request's id so the error can
 // carry it.
+//
+// A request must be valid UTF-8 throughout (RFC 8259 section 8.1): encoding/json would pass
+// invalid bytes of an id through verbatim, making the answer invalid JSON, and replace those
+// of a string with U+FFFD, changing the data without a word. Such a request is bad_request,
+// and its id is returned only if the id itself is valid, so invalid bytes are never echoed.
 func DecodeRequest(line []byte) (Request, *Error) {
 	var raw rawRequest
 	line = bytes.TrimSpace(line)
@@ -98,11 +104,16 @@ func DecodeRequest(line []byte) (Request, *Error) {
 		switch {
 		case len(id) > MaxIDBytes:
 			return req, Errorf(CodeBadRequest, "id is longer than %d bytes", MaxIDBytes)
+		case !utf8.Valid(id):
+			return req, Errorf(CodeBadRequest, "request is not valid UTF-8 (in its id)")
 		case id[0] == '"' || id[0] == '-' || (id[0] >= '0' && id[0] <= '9'):
 			req.ID = id
 		default:
 			return req, Errorf(CodeBadRequest, "id must be a number or a string")
 		}
+	}
+	if !utf8.Valid(line) {
+		return req, Errorf(CodeBadRequest, "request is not valid UTF-8 (RFC 8259 section 8.1)")
 	}
 	var err *Error
 	if req.To, err = stringField("to", raw.To); err != nil {
@@ -159,7 +170,7 @@ func SniffID(head []byte) json.RawMessage {
 			return nil
 		}
 		raw := bytes.TrimLeft(head[start:dec.InputOffset()], " \t\r\n:")
-		if len(raw) == 0 || len(raw) > MaxIDBytes || !json.Valid(raw) {
+		if len(raw) == 0 || len(raw) > MaxIDBytes || !json.Valid(raw) || !utf8.Valid(raw) {
 			return nil
 		}
 		// A number cut off by the end of head could be longer: require what follows it.

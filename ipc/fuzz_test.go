@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // FuzzDecodeRequest checks that any line is either a valid request or a bad_request error, and
@@ -17,6 +18,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		`{"id":1e400,"to":"relay","topic":"echo"}`,
 		`{"id":1,"to":"relay","to":"other","topic":"echo"}`,
 		`{"id":"\u0000","to":"\ud800","topic":"echo"}`,
+		"{\"id\":\"\xff\",\"to\":\"relay\",\"topic\":\"echo\",\"data\":\"\xc3(\"}",
 		`not json`, `{}`, `[]`, `{"id":`, ``,
 	} {
 		f.Add([]byte(s))
@@ -30,7 +32,13 @@ func FuzzDecodeRequest(f *testing.F) {
 			if len(req.ID) > MaxIDBytes {
 				t.Fatalf("id of %d bytes kept on an error", len(req.ID))
 			}
+			if !utf8.Valid(req.ID) {
+				t.Fatalf("id %q with invalid UTF-8 kept on an error", req.ID)
+			}
 			return
+		}
+		if !utf8.Valid(line) {
+			t.Fatalf("accepted a request that is not valid UTF-8: %q", line)
 		}
 		if req.To == "" || req.Topic == "" {
 			t.Fatalf("accepted request without to or topic: %+v", req)

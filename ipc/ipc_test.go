@@ -30,6 +30,13 @@ func TestDecodeRequest(t *testing.T) {
 		{line: `{"id":{"a":1},"to":"relay","topic":"echo"}`, wantCode: CodeBadRequest},
 		{line: `{"id":true,"to":"relay","topic":"echo"}`, wantCode: CodeBadRequest},
 		{line: `{"id":"` + strings.Repeat("x", 200) + `","to":"relay","topic":"echo"}`, wantCode: CodeBadRequest},
+		// Invalid UTF-8 anywhere is bad_request; an id with invalid bytes is not given back.
+		{line: "{\"id\":\"\xff\",\"to\":\"relay\",\"topic\":\"echo\",\"data\":\"x\"}", wantCode: CodeBadRequest},
+		{line: "{\"id\":8,\"to\":\"relay\",\"topic\":\"echo\",\"data\":\"a\xc3(b\"}", wantCode: CodeBadRequest, wantID: "8"},
+		{line: "{\"id\":9,\"to\":\"re\xfflay\",\"topic\":\"echo\"}", wantCode: CodeBadRequest, wantID: "9"},
+		{line: "{\"id\":10,\"to\":\"relay\",\"topic\":\"ec\xedho\"}", wantCode: CodeBadRequest, wantID: "10"},
+		{line: "{\"id\":11,\"to\":\"relay\",\"topic\":\"echo\",\"x\xf0\":1}", wantCode: CodeBadRequest, wantID: "11"},
+		{line: `{"id":12,"to":"relay","topic":"echo","data":"straße ✓"}`, wantID: "12", wantTo: "relay"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.line, func(t *testing.T) {
@@ -125,6 +132,7 @@ func TestSniffID(t *testing.T) {
 		{`{"id":123`, ``}, // the number may go on past the head
 		{`not json at all`, ``},
 		{`{"id":"unterminated`, ``},
+		{"{\"id\":\"\xff\",\"to\":\"relay\"", ``}, // never echo invalid UTF-8
 	}
 	for _, tt := range tests {
 		if got := string(SniffID([]byte(tt.head))); got != tt.want {

@@ -18,6 +18,9 @@ type LineReader struct {
 	head []byte // the start of the last line refused as too large
 }
 
+// keepBytes is the largest line buffer a LineReader keeps between lines.
+const keepBytes = 64 << 10
+
 // headBytes is how much of a refused line Head keeps.
 const headBytes = 4 << 10
 
@@ -38,6 +41,10 @@ func NewLineReaderSize(r io.Reader, limit, size int) *LineReader {
 // A final line without a newline is returned as a line; after it comes io.EOF. A line over the
 // limit yields ErrTooLarge once, after which reading resumes at the next line.
 func (l *LineReader) ReadLine() ([]byte, error) {
+	if cap(l.buf) > keepBytes {
+		// One long line must not pin its buffer for the life of the reader.
+		l.buf = nil
+	}
 	l.buf = l.buf[:0]
 	tooLarge := false
 	for {

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -34,10 +35,13 @@ type ServerConfig struct {
 	Observer Observer
 	// WriteTimeout bounds writing answers to a client that does not read them.
 	WriteTimeout time.Duration
-	// FrameTimeout bounds how long a request line may stay half received. An idle connection,
-	// with no partial line, may stay open as long as it likes.
+	// FrameTimeout is a deadline from a request line's first byte to its newline, however the
+	// bytes trickle in. A connection with no partial line is not bound by it.
 	FrameTimeout time.Duration
-	Logger       hclog.Logger
+	// IdleTimeout, if set, closes a connection with no partial line and nothing in flight
+	// after that long; 0 lets idle connections stay.
+	IdleTimeout time.Duration
+	Logger      hclog.Logger
 }
 
 // Server accepts client connections on a Unix socket and turns their lines into Messages.
@@ -130,6 +134,15 @@ func (s *Server) StopReading() {
 	s.mu.Unlock()
 	s.accept.Wait()
 	s.readers.Wait()
+}
+
+func (s *Server) isStopping() bool {
+	select {
+	case <-s.stopping:
+		return true
+	default:
+		return false
+	}
 }
 
 // Wait returns once every connection has written its answers and closed.
@@ -246,6 +259,10 @@ func (c *conn) read() {
 			c.answerNow(nil, "", ipc.Errorf(ipc.CodeBadRequest, "request line still incomplete after %s; closing", c.s.cfg.FrameTimeout))
 			return
 		}
+		if fr.idle {
+			c.s.log.Debug("closing idle connection", "conn", c.name, "idle_timeout", c.s.cfg.IdleTimeout)
+			return
+		}
 		if errors.Is(err, ipc.ErrTooLarge) {
 			c.answerNow(ipc.SniffID(lr.Head()), "", ipc.Errorf(ipc.CodeTooLarge, "request is longer than %d bytes", c.s.cfg.MaxMessageBytes))
 			continue
@@ -272,7 +289,9 @@ func (c *conn) read() {
 			c.answerNow(req.ID, req.Topic, ipc.Errorf(ipc.CodeUnknownName, "no process is registered as %q", req.To))
 			continue
 		}
+		waitStart := time.Now()
 		c.slots <- struct{}{}
+		fr.pause(time.Since(waitStart))
 		c.pending.Add(1)
 		m := NewMessage(req, c.name, nil)
 		m.reply = func(r ipc.Reply) { c.observe(req.Topic, r, m.Accepted); c.deliver(r) }
@@ -290,35 +309,70 @@ func (c *conn) observe(topic string, r ipc.Reply, accepted time.Time) {
 	}
 }
 
-// frameReader reads from the connection with a deadline only while a request line is half
-// received, so a slow sender cannot hold the connection's buffer, while an idle connection stays.
+// frameReader reads from the connection under two deadlines. While a request line is half
+// received, the line must be complete by FrameTimeout after its first byte was read, however
+// slowly the rest trickles in: the deadline is set once per line, never pushed forward by a
+// read. Between lines, with no partial line, IdleTimeout (if set) closes a connection that has
+// nothing in flight either.
 type frameReader struct {
-	c       *conn
-	partial bool // the last byte read was not a newline
-	expired bool // a half-received line hit FrameTimeout
+	c            *conn
+	partial      bool      // the last byte read was not a newline
+	lineDeadline time.Time // when the partial line must be complete
+	expired      bool      // a half-received line hit FrameTimeout
+	idle         bool      // the connection had nothing to do for IdleTimeout
 }
 
 func (r *frameReader) Read(p []byte) (int, error) {
-	var deadline time.Time
+	for {
+		var deadline time.Time
+		switch {
+		case r.partial:
+			deadline = r.lineDeadline
+		case r.c.s.cfg.IdleTimeout > 0:
+			deadline = time.Now().Add(r.c.s.cfg.IdleTimeout)
+		}
+		r.c.c.SetReadDeadline(deadline)
+		// StopReading closes stopping before it sets every deadline to now; checking after
+		// setting ours means it cannot be overwritten.
+		select {
+		case <-r.c.s.stopping:
+			r.c.c.SetReadDeadline(time.Now())
+		default:
+		}
+		n, err := r.c.c.Read(p)
+		if n > 0 {
+			// A line starts in this read if the read before ended a line, or if this one
+			// holds a newline and more after it.
+			if !r.partial || bytes.IndexByte(p[:n-1], '\n') >= 0 {
+				r.lineDeadline = time.Now().Add(r.c.s.cfg.FrameTimeout)
+			}
+			r.partial = p[n-1] != '\n'
+		}
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || r.c.s.isStopping() {
+			return n, err
+		}
+		switch {
+		case r.partial && !time.Now().Before(r.lineDeadline):
+			r.expired = true
+		case !r.partial && r.c.pending.Load() > 1:
+			// Messages of this connection are still in flight: it is not idle. Wait again.
+			if n == 0 {
+				continue
+			}
+			return n, nil
+		case !r.partial:
+			r.idle = true
+		}
+		return n, err
+	}
+}
+
+// pause moves the line deadline on by d, the time the reader spent not reading because of
+// relayd's own back-pressure (its answers not yet written), which the sender cannot help.
+func (r *frameReader) pause(d time.Duration) {
 	if r.partial {
-		deadline = time.Now().Add(r.c.s.cfg.FrameTimeout)
+		r.lineDeadline = r.lineDeadline.Add(d)
 	}
-	r.c.c.SetReadDeadline(deadline)
-	// StopReading closes stopping before it sets every deadline to now; checking after setting
-	// ours means it cannot be overwritten.
-	select {
-	case <-r.c.s.stopping:
-		r.c.c.SetReadDeadline(time.Now())
-	default:
-	}
-	n, err := r.c.c.Read(p)
-	if n > 0 {
-		r.partial = p[n-1] != '\n'
-	}
-	if err != nil && r.partial && !deadline.IsZero() && errors.Is(err, os.ErrDeadlineExceeded) && time.Now().After(deadline) {
-		r.expired = true
-	}
-	return n, err
 }
 
 // answerNow answers a line the reader itself can answer.

@@ -36,6 +36,7 @@ type config struct {
 	maxPerClient    int
 	maxConns        int
 	frameTimeout    time.Duration
+	idleTimeout     time.Duration
 	messageTimeout  time.Duration
 	killGrace       time.Duration
 	maxRestarts     int
@@ -88,7 +89,8 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	fs.StringArrayVar(&allowUIDs, "allow-uid", nil, "only let this `uid` connect (repeatable; default: anyone the socket mode lets in)")
 	fs.StringArrayVar(&allowGIDs, "allow-gid", nil, "also let peers with this primary `gid` connect (repeatable)")
 	fs.IntVar(&cfg.maxConns, "max-conns", 256, "most client connections open at once; more are answered busy and closed")
-	fs.DurationVar(&cfg.frameTimeout, "frame-timeout", 10*time.Second, "longest a request line may stay half received before the connection is closed (idle connections may stay)")
+	fs.DurationVar(&cfg.frameTimeout, "frame-timeout", 10*time.Second, "deadline from a request line's first byte to its newline, however slowly it comes; past it the connection is closed")
+	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 0, "close a connection with no partial line and nothing in flight after this long (0: idle connections may stay)")
 	fs.StringVar(&cfg.worker, "worker", "", "worker executable `path` (default: worker beside relayd, else ../libexec/relayd/worker)")
 	fs.StringArrayVar(&cfg.workerArgs, "worker-arg", nil, "argument passed to every worker (repeatable), e.g. --worker-arg=--delay=0s")
 	fs.StringArrayVar(&workerEnv, "worker-env", nil, "pass this environment variable `KEY` from relayd to workers (repeatable)")
@@ -164,7 +166,7 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	if cfg.queue < 0 || cfg.maxRestarts < 0 || cfg.maxConns < 0 || cfg.spares < 0 {
 		return nil, fmt.Errorf("--queue, --max-restarts, --max-conns and --spares must not be negative")
 	}
-	if cfg.messageTimeout < 0 || cfg.killGrace < 0 || cfg.shutdownTimeout < 0 || cfg.statsInterval < 0 || cfg.frameTimeout < 0 || cfg.slowThreshold < 0 {
+	if cfg.messageTimeout < 0 || cfg.killGrace < 0 || cfg.shutdownTimeout < 0 || cfg.statsInterval < 0 || cfg.frameTimeout < 0 || cfg.idleTimeout < 0 || cfg.slowThreshold < 0 {
 		return nil, fmt.Errorf("durations must not be negative")
 	}
 

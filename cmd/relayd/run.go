@@ -109,6 +109,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		MaxPerClient:    cfg.maxPerClient,
 		MaxConns:        cfg.maxConns,
 		FrameTimeout:    cfg.frameTimeout,
+		IdleTimeout:     cfg.idleTimeout,
 		Authorize:       cfg.authorize,
 		Observer:        mx.observer(),
 		Logger:          log,

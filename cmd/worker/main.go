@@ -231,11 +231,24 @@ func (w *worker) handle(line []byte) error {
 
 // replyText answers request id with text as its data.
 func (w *worker) replyText(id, text string) error {
-	data, err := json.Marshal(text)
+	data, err := marshal(text)
 	if err != nil {
 		return fmt.Errorf("encoding reply: %w", err)
 	}
 	return w.writeLine(ipc.WorkerReply{ID: id, Data: data})
+}
+
+// marshal is json.Marshal without HTML escaping: json.Marshal writes each of < > & as a
+// six-byte \u escape, so an answer of such text would be up to six times its request, and
+// relayd bounds answers in bytes.
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // replyError answers request id with an error.
@@ -279,7 +292,7 @@ func (w *worker) writeRaw(line []byte) error {
 }
 
 func (w *worker) writeLine(v any) error {
-	b, err := json.Marshal(v)
+	b, err := marshal(v)
 	if err != nil {
 		return fmt.Errorf("encoding line: %w", err)
 	}

@@ -638,3 +638,16 @@ func TestReadyLine(t *testing.T) {
 		}
 	}
 }
+
+// TestReplyNotInflated checks that HTML characters are written as themselves: escaped, each
+// would take six bytes, and an answer could be six times its request.
+func TestReplyNotInflated(t *testing.T) {
+	text := strings.Repeat("<&>", 100)
+	b, err := marshal(ipc.WorkerReply{ID: "1", Data: json.RawMessage(`"` + text + `"`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"id":"1","data":"` + text + `"}`; string(b) != want {
+		t.Errorf("reply = %q, want %q", b, want)
+	}
+}
