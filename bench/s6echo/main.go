@@ -8,8 +8,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"strings"
 
+	"relayd/internal/casemap"
 	"relayd/ipc"
 )
 
@@ -34,7 +34,7 @@ func run() error {
 	case json.Unmarshal(req.Data, &text) != nil:
 		reply = ipc.ErrorReply(req.ID, ipc.Errorf(ipc.CodeBadRequest, "data of topic echo must be a JSON string"))
 	default:
-		reply.Data, _ = json.Marshal(strings.ToUpper(text))
+		reply.Data, _ = json.Marshal(casemap.Upper(text))
 	}
 	b, err := ipc.AppendFrame(nil, reply)
 	if err != nil {

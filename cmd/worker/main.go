@@ -1,4 +1,5 @@
-// Command worker is relayd's echo worker: it answers request lines on stdin with the data uppercased.
+// Command worker is relayd's echo worker: it answers request lines on stdin with the data
+// uppercased with Unicode's full case mapping ("straße" becomes "STRASSE").
 package main
 
 import (
@@ -9,13 +10,14 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"relayd/internal/casemap"
+	"relayd/internal/cli"
 	"relayd/ipc"
 )
 
@@ -52,6 +54,9 @@ func main() {
 	switch {
 	case errors.As(err, &status):
 		os.Exit(int(status))
+	case cli.IsUsage(err):
+		fmt.Fprintf(os.Stderr, "worker: %v\n%s\n", err, cli.Hint("worker"))
+		os.Exit(cli.ExitUsage)
 	case err != nil:
 		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
 		os.Exit(1)
@@ -61,7 +66,7 @@ func main() {
 // run is the whole worker below main. environ is the process environment as KEY=VALUE pairs.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer, environ []string) error {
 	fs := pflag.NewFlagSet("worker", pflag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	delay := fs.Duration("delay", 100*time.Millisecond, "time each request takes before its reply, as the tutorial's worker sleeps")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	showHelp := fs.BoolP("help", "h", false, "print this help and exit")
@@ -70,12 +75,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, environ []str
 	if err := fs.MarkHidden("grandchild-sleep"); err != nil {
 		return err
 	}
-	fs.Usage = func() {
+	usage := func() {
 		fmt.Fprintf(stdout, `Usage: worker [--delay D] [--help] [--version]
 
 worker is relayd's echo worker, which relayd forks for every message. It writes a ready line
 {"ready":true,"protocol":%d,"pid":PID} to stdout, then answers each request line on stdin,
-{"id":"…","topic":"echo","data":"text"}, after --delay with {"id":"…","data":"TEXT"}, and
+{"id":"…","topic":"echo","data":"text"}, after --delay with {"id":"…","data":"TEXT"} (full
+Unicode uppercase: "straße" becomes "STRASSE", "ﬁ" becomes "FI"), and
 exits 0 at the end of stdin. Logs go to stderr as JSON.
 
 With RELAY_FAULTS=1 in its environment, data starting with "!" can be a fault directive
@@ -83,20 +89,21 @@ With RELAY_FAULTS=1 in its environment, data starting with "!" can be a fault di
 !flaky N, !stderr N, !env, !fds, !rlimits); RELAY_ATTEMPT is the attempt number !flaky counts.
 
 Flags:
-%s`, ipc.ProtocolVersion, fs.FlagUsages())
+%s`, ipc.ProtocolVersion, cli.FlagUsages(fs, 0))
 	}
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return &cli.UsageError{Err: err}
 	}
 	if *showHelp {
-		fs.Usage()
+		usage()
 		return nil
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return cli.Usagef("unexpected argument %q", fs.Arg(0))
 	}
 	if *showVersion {
-		_, err := io.WriteString(stdout, "worker "+versionString()+"\n")
+		_, err := io.WriteString(stdout, cli.Version("worker", version)+"\n")
 		return err
 	}
 	if *grandchildSleep > 0 {
@@ -117,17 +124,6 @@ Flags:
 		w.attempt = n
 	}
 	return w.serve(stdin)
-}
-
-// versionString returns version, or the main module's version when the build did not set one.
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
-		return info.Main.Version
-	}
-	return "(devel)"
 }
 
 // lookupEnv returns the value of key in environ, or "" when it is absent. Like getenv(3), the
@@ -226,7 +222,7 @@ func (w *worker) handle(line []byte) error {
 			return err
 		}
 	}
-	return w.replyText(req.ID, strings.ToUpper(text))
+	return w.replyText(req.ID, casemap.Upper(text))
 }
 
 // replyText answers request id with text as its data.
@@ -264,7 +260,7 @@ func (w *worker) replyError(id, msg string) error {
 func warmUp() {
 	var req ipc.WorkerRequest
 	if json.Unmarshal([]byte(`{"id":"0","topic":"echo","data":"warm"}`), &req) == nil {
-		data, _ := json.Marshal(strings.ToUpper("warm"))
+		data, _ := json.Marshal(casemap.Upper("warm"))
 		json.Marshal(ipc.WorkerReply{ID: req.ID, Data: data})
 	}
 }

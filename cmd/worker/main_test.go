@@ -354,8 +354,9 @@ func TestEcho(t *testing.T) {
 	}{
 		{name: "ascii", data: "hello world", want: ptr("HELLO WORLD"), wantStderrLines: 0},
 		{name: "empty", data: "", want: ptr(""), wantStderrLines: 0},
-		// strings.ToUpper maps rune by rune: ß has no single-rune capital, so it stays.
-		{name: "german", data: "straße", want: ptr("STRAßE"), wantStderrLines: -1},
+		// Full case mapping: ß and the ligatures have no single-rune capital and become two letters.
+		{name: "german", data: "straße", want: ptr("STRASSE"), wantStderrLines: -1},
+		{name: "ligatures", data: "ﬁne ﬂour", want: ptr("FINE FLOUR"), wantStderrLines: -1},
 		{name: "cyrillic", data: "привет", want: ptr("ПРИВЕТ"), wantStderrLines: -1},
 		{name: "greek and accents", data: "καλημέρα café", want: ptr("ΚΑΛΗΜΈΡΑ CAFÉ"), wantStderrLines: -1},
 		{name: "json specials", data: "a\"b\\c\n<&>", want: ptr("A\"B\\C\n<&>"), wantStderrLines: -1},
@@ -581,9 +582,10 @@ func TestFlags(t *testing.T) {
 		{[]string{"--help"}, 0, "Usage: worker", ""},
 		{[]string{"-h"}, 0, "--delay duration", ""},
 		{[]string{"--version"}, 0, "worker ", ""},
-		{[]string{"--delay=fast"}, 1, "", "worker: invalid argument \"fast\" for \"--delay\" flag"},
-		{[]string{"--bogus"}, 1, "", "worker: unknown flag: --bogus"},
-		{[]string{"extra"}, 1, "", `worker: unexpected argument "extra"`},
+		{[]string{"--help"}, 0, "\n      --version   ", ""},
+		{[]string{"--delay=fast"}, 2, "", "worker: invalid argument \"fast\" for \"--delay\" flag"},
+		{[]string{"--bogus"}, 2, "", "worker: unknown flag: --bogus\nRun 'worker --help' for usage.\n"},
+		{[]string{"extra"}, 2, "", "worker: unexpected argument \"extra\"\nRun 'worker --help' for usage.\n"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -4,12 +4,13 @@ package upper
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"relayd/internal/casemap"
 )
 
 // Handshake is the go-plugin handshake shared by relay-bench and the plugin worker.
@@ -37,7 +38,7 @@ func (u Impl) Upper(_ context.Context, text string) (string, error) {
 	if u.Delay > 0 {
 		time.Sleep(u.Delay)
 	}
-	return strings.ToUpper(text), nil
+	return casemap.Upper(text), nil
 }
 
 // Plugin is the go-plugin glue for Upper over gRPC. Impl is set on the plugin side only.
