@@ -323,7 +323,8 @@ func TestMetricsEndpoint(t *testing.T) {
 }
 
 // TestMetricsAddrRefused checks that relayd refuses a --metrics-addr it must not or cannot
-// serve on, with exit status 1 and a clear message, before it binds its own socket.
+// serve on, with a clear message, before it binds its own socket: exit status 2 for an address
+// that is wrong as written (a usage error), 1 for one that cannot be served.
 func TestMetricsAddrRefused(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -335,21 +336,22 @@ func TestMetricsAddrRefused(t *testing.T) {
 		name       string
 		addr       func(dir string) string
 		wantStderr string
+		wantCode   int // 2 for an address refused as a usage error, 1 for one that cannot be served
 	}{
-		{"private address", func(string) string { return "10.1.2.3:9464" }, "10.1.2.3 is not a loopback address"},
-		{"every IPv4 interface", func(string) string { return "0.0.0.0:9464" }, "0.0.0.0 is not a loopback address"},
-		{"every IPv6 interface", func(string) string { return "[::]:9464" }, ":: is not a loopback address"},
-		{"no host", func(string) string { return ":9464" }, "no host means every interface"},
-		{"host name", func(string) string { return "example.com:9464" }, "example.com is not a loopback address"},
-		{"no port", func(string) string { return "127.0.0.1" }, "missing port"},
-		{"bad port", func(string) string { return "127.0.0.1:http" }, `port "http" is not a number`},
-		{"unix without a path", func(string) string { return "unix:" }, "unix: needs a socket path"},
-		{"port in use", func(string) string { return busy.Addr().String() }, "address already in use"},
-		{"relayd's own socket", func(dir string) string { return "unix:" + filepath.Join(dir, "s") }, "is relayd's own socket"},
+		{"private address", func(string) string { return "10.1.2.3:9464" }, "10.1.2.3 is not a loopback address", 2},
+		{"every IPv4 interface", func(string) string { return "0.0.0.0:9464" }, "0.0.0.0 is not a loopback address", 2},
+		{"every IPv6 interface", func(string) string { return "[::]:9464" }, ":: is not a loopback address", 2},
+		{"no host", func(string) string { return ":9464" }, "no host means every interface", 2},
+		{"host name", func(string) string { return "example.com:9464" }, "example.com is not a loopback address", 2},
+		{"no port", func(string) string { return "127.0.0.1" }, "missing port", 2},
+		{"bad port", func(string) string { return "127.0.0.1:http" }, `port "http" is not a number`, 2},
+		{"unix without a path", func(string) string { return "unix:" }, "unix: needs a socket path", 2},
+		{"port in use", func(string) string { return busy.Addr().String() }, "address already in use", 1},
+		{"relayd's own socket", func(dir string) string { return "unix:" + filepath.Join(dir, "s") }, "is relayd's own socket", 1},
 		{"not a socket", func(dir string) string {
 			os.WriteFile(filepath.Join(dir, "f"), []byte("keep me"), 0o600)
 			return "unix:" + filepath.Join(dir, "f")
-		}, "exists and is not a socket"},
+		}, "exists and is not a socket", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -363,8 +365,8 @@ func TestMetricsAddrRefused(t *testing.T) {
 			cmd.Stderr = &stderr
 			err := cmd.Run()
 			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-				t.Fatalf("relayd: %v, want exit status 1; stderr:\n%s", err, stderr.String())
+			if !errors.As(err, &ee) || ee.ExitCode() != tt.wantCode {
+				t.Fatalf("relayd: %v, want exit status %d; stderr:\n%s", err, tt.wantCode, stderr.String())
 			}
 			got := stderr.String()
 			if !strings.Contains(got, tt.wantStderr) || !strings.Contains(got, "relayd: ") || !strings.Contains(got, "--metrics-addr") {

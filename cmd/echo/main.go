@@ -9,7 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -17,14 +17,15 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"relayd/internal/cli"
 	"relayd/ipc"
 )
 
-// Exit codes, as DESIGN.md fixes them.
+// Exit codes: part of echo's contract, listed in its --help.
 const (
 	exitOK          = 0
 	exitReplyError  = 1
-	exitUsage       = 2
+	exitUsage       = cli.ExitUsage
 	exitUnavailable = 3
 	exitTimeout     = 4
 )
@@ -33,28 +34,48 @@ const (
 // from the build info is used.
 var version string
 
-const usageHead = `Usage: echo [flags] [message ...]
+// progName is the name echo was invoked as, for its usage, its hints and its messages: the
+// installed client is relay-echo, and "Run 'echo --help'" would run the shell's echo.
+var progName = "echo"
 
-Sends messages to relayd over its Unix socket and prints the answers.
+// modes are the ways to run echo, as its help lists them: the command line (after the
+// program's name) and what it does.
+var modes = []struct{ cmd, what string }{
+	{"", "on a terminal: an interactive REPL (an empty line, Ctrl+D or Ctrl+C quits)"},
+	{"hello world", "sends one message, the arguments joined by spaces; prints HELLO WORLD"},
+	{"|", "sends each input line as a message, pipelined on one connection, and\nprints one line per input line, in input order"},
+	{"--stats", "prints the relay's counters as sorted \"name value\" lines"},
+	{"--status", "prints the registered names, a table of the live workers (PID, AGE,\nSTATE busy, idle or starting, ATTEMPT, SENDER connection, MESSAGE id) and a\nstats line; with --json the reply frame"},
+	{"--top", "on a terminal, a live view of the stats and workers that refreshes once\na second, like top (q or Ctrl+C quits; the last frame stays); otherwise\n--count snapshots a second apart (default 1), or with --json one status\nframe a line"},
+}
 
-  echo                  on a terminal: an interactive REPL (an empty line, Ctrl+D or Ctrl+C quits)
-  echo hello world      sends one message, the arguments joined by spaces; prints HELLO WORLD
-  cmd | echo            sends each input line as a message, pipelined on one connection, and
-                        prints one line per input line, in input order
-  echo --stats          prints the relay's counters as sorted "name value" lines
-  echo --status         prints the registered names, a table of the live workers (PID, AGE,
-                        STATE busy, idle or starting, ATTEMPT, SENDER connection, MESSAGE id) and a
-                        stats line; with --json the reply frame
-  echo --top            on a terminal, a live view of the stats and workers that refreshes once
-                        a second, like top (q or Ctrl+C quits; the last frame stays); otherwise
-                        --count snapshots a second apart (default 1), or with --json one status
-                        frame a line
-
+// usageHead is the help above the flags, in the words of the name echo was invoked as.
+func usageHead(name string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Usage: %s [flags] [message ...]\n\nSends messages to relayd over its Unix socket and prints the answers.\n\n", name)
+	cmds := make([]string, len(modes))
+	width := 0
+	for i, m := range modes {
+		switch m.cmd {
+		case "":
+			cmds[i] = name
+		case "|":
+			cmds[i] = "cmd | " + name
+		default:
+			cmds[i] = name + " " + m.cmd
+		}
+		width = max(width, len(cmds[i]))
+	}
+	for i, m := range modes {
+		indent := strings.Repeat(" ", width+4)
+		fmt.Fprintf(&b, "  %-*s  %s\n", width, cmds[i], strings.ReplaceAll(m.what, "\n", "\n"+indent))
+	}
+	fmt.Fprintf(&b, `
 Put -- before a message that starts with a dash. Installed as relay-echo so that it never
 shadows the shell's echo.
 
 In pipe mode a line that fails prints an empty line on stdout (with --json, an error reply
-prints its frame) and "echo: line N: reason" on stderr, and newlines inside an answer print as
+prints its frame) and "%[1]s: line N: reason" on stderr, and newlines inside an answer print as
 \n, so that output lines stay aligned with input lines.
 
 Exit status: 0 every message answered; 1 an error reply; 2 usage; 3 relay not available (or the
@@ -66,7 +87,9 @@ live --top view shows a lost relay and keeps trying; --top snapshots stop with i
 Colours are used only when stdout is a terminal and NO_COLOR is not set.
 
 Flags:
-`
+`, name)
+	return b.String()
+}
 
 // options are the parsed flags.
 type options struct {
@@ -104,6 +127,7 @@ func exitf(code int, format string, args ...any) error {
 type env func(key string) (string, bool)
 
 func main() {
+	progName = filepath.Base(os.Args[0])
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdin, os.Stdout, os.Stderr)
 	stop()
@@ -117,11 +141,14 @@ func exitCode(err error, stderr io.Writer) int {
 	}
 	var ee *exitError
 	if !errors.As(err, &ee) {
-		fmt.Fprintf(stderr, "echo: %v\n", err)
+		fmt.Fprintf(stderr, "%s: %v\n", progName, err)
 		return exitReplyError
 	}
 	if ee.err != nil {
-		fmt.Fprintf(stderr, "echo: %v\n", ee.err)
+		fmt.Fprintf(stderr, "%s: %v\n", progName, ee.err)
+	}
+	if ee.code == exitUsage {
+		fmt.Fprintln(stderr, cli.Hint(progName))
 	}
 	return ee.code
 }
@@ -147,14 +174,14 @@ func run(ctx context.Context, args []string, lookupEnv env, stdin io.Reader, std
 
 	switch err := fs.Parse(args); {
 	case errors.Is(err, pflag.ErrHelp):
-		fmt.Fprint(stdout, usageHead+fs.FlagUsages())
+		fmt.Fprint(stdout, usageHead(progName)+cli.FlagUsages(fs, 0))
 		return nil
 	case err != nil:
-		return exitf(exitUsage, "%v\nRun 'echo --help' for usage.", err)
+		return &exitError{code: exitUsage, err: err}
 	}
 	switch {
 	case *showVersion:
-		fmt.Fprintf(stdout, "echo %s\n", buildVersion())
+		fmt.Fprintln(stdout, cli.Version(progName, version))
 		return nil
 	case o.timeout <= 0:
 		return exitf(exitUsage, "--timeout must be positive, not %v", o.timeout)
@@ -217,14 +244,4 @@ func useColor(stdout io.Writer, lookupEnv env) bool {
 func isTerminal(f any) bool {
 	file, ok := f.(*os.File)
 	return ok && term.IsTerminal(int(file.Fd()))
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }

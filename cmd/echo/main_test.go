@@ -52,7 +52,8 @@ func TestRunWithoutRelay(t *testing.T) {
 		{name: "version", args: []string{"--version"}, wantCode: exitOK, wantStdout: "echo "},
 		{name: "unknown flag", args: []string{"--bogus"}, wantCode: exitUsage, wantStderr: "echo: unknown flag: --bogus\nRun 'echo --help' for usage.\n"},
 		{name: "bad duration", args: []string{"--timeout=soon", "hi"}, wantCode: exitUsage, wantStderr: `invalid argument "soon" for "--timeout"`},
-		{name: "zero timeout", args: []string{"--timeout=0s", "hi"}, wantCode: exitUsage, wantStderr: "echo: --timeout must be positive, not 0s\n"},
+		{name: "zero timeout", args: []string{"--timeout=0s", "hi"}, wantCode: exitUsage, wantStderr: "echo: --timeout must be positive, not 0s\nRun 'echo --help' for usage.\n"},
+		{name: "help without boolean noise", args: []string{"--help"}, wantCode: exitOK, wantStdout: "\n      --json "},
 		{name: "negative timeout", args: []string{"--timeout=-1s", "hi"}, wantCode: exitUsage, wantStderr: "must be positive"},
 		{name: "empty --to", args: []string{"--to=", "hi"}, wantCode: exitUsage, wantStderr: "--to and --topic must not be empty"},
 		{name: "stats with a message", args: []string{"--stats", "hi"}, wantCode: exitUsage, wantStderr: "--stats takes no message arguments"},
@@ -94,7 +95,7 @@ func TestRunWithoutRelay(t *testing.T) {
 			name: "top snapshots", args: []string{"--top", "--count=5"}, env: []string{"RELAY_SOCKET=" + missing},
 			wantCode: exitUnavailable, wantStderr: "relay not available at " + missing + ":",
 		},
-		{name: "help shows status and top", args: []string{"--help"}, wantCode: exitOK, wantStdout: "echo --top            on a terminal, a live view"},
+		{name: "help shows status and top", args: []string{"--help"}, wantCode: exitOK, wantStdout: "echo --top        on a terminal, a live view"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -268,5 +269,31 @@ func TestUseColor(t *testing.T) {
 				t.Errorf("useColor = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestInvokedName checks that usage, hints and messages use the name echo was invoked as: the
+// installed client is relay-echo, and a hint to run "echo --help" would run the shell's echo.
+func TestInvokedName(t *testing.T) {
+	old := progName
+	progName = "relay-echo"
+	t.Cleanup(func() { progName = old })
+
+	var stdout, stderr bytes.Buffer
+	if err := run(t.Context(), []string{"--help"}, envOf(), strings.NewReader(""), &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Usage: relay-echo [flags]", "\n  relay-echo --stats  ", "\n  cmd | relay-echo  "} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("help = %q, want it to contain %q", stdout.String(), want)
+		}
+	}
+	stderr.Reset()
+	err := run(t.Context(), []string{"--bogus"}, envOf(), strings.NewReader(""), io.Discard, &stderr)
+	if got, want := exitCode(err, &stderr), exitUsage; got != want {
+		t.Errorf("exit code = %d, want %d", got, want)
+	}
+	if got, want := stderr.String(), "relay-echo: unknown flag: --bogus\nRun 'relay-echo --help' for usage.\n"; got != want {
+		t.Errorf("stderr = %q, want %q", got, want)
 	}
 }

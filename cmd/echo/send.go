@@ -233,7 +233,7 @@ func sendLines(c *ipc.Client, o options, stdin io.Reader, queue chan<- sent, sto
 func answerLine(ctx context.Context, c *ipc.Client, o options, s sent, out *bufio.Writer, stderr io.Writer) (code int, abort bool) {
 	fail := func(code int, format string, args ...any) int {
 		out.Flush() // Keep stdout and stderr in step when both go to one terminal.
-		fmt.Fprintf(stderr, "echo: line %d: %s\n", s.n, fmt.Sprintf(format, args...))
+		fmt.Fprintf(stderr, "%s: line %d: %s\n", progName, s.n, fmt.Sprintf(format, args...))
 		return code
 	}
 	if s.err != nil {

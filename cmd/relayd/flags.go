@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"relayd/internal/cli"
 	"relayd/ipc"
 	"relayd/supervisor"
 )
@@ -58,6 +59,10 @@ relayd listens on a Unix socket and answers each message sent to the name "relay
 reply of a worker process it forks, monitors and reaps for that message. Without --socket it
 uses $RELAY_SOCKET, then ` + ipc.DefaultSocket + `; under systemd socket activation it uses the
 socket it is passed.
+
+Exit status: 0 after SIGTERM or SIGINT once every message is answered; 1 an error while
+starting or running (the socket, the metrics address); 2 usage: a flag or setting it does not
+know or a value it cannot take.
 
 Flags:
 `
@@ -120,17 +125,17 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	help := fs.BoolP("help", "h", false, "show this help and exit")
 
 	if err := fs.Parse(args); err != nil {
-		return nil, fmt.Errorf("%w (see relayd --help)", err)
+		return nil, &cli.UsageError{Err: err}
 	}
 	switch {
 	case *help:
-		fmt.Fprint(stdout, usageHead+fs.FlagUsagesWrapped(100))
+		fmt.Fprint(stdout, usageHead+cli.FlagUsages(fs, 100))
 		return nil, errHelp
 	case showVersion:
-		fmt.Fprintf(stdout, "relayd %s\n", version())
+		fmt.Fprintln(stdout, cli.Version("relayd", version))
 		return nil, errHelp
 	case fs.NArg() > 0:
-		return nil, fmt.Errorf("unexpected argument %q (see relayd --help)", fs.Arg(0))
+		return nil, cli.Usagef("unexpected argument %q", fs.Arg(0))
 	}
 	if configPath != "" {
 		if err := readConfig(fs, configPath); err != nil {
@@ -163,11 +168,21 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 			return nil, fmt.Errorf("%s must be at least 1", c.name)
 		}
 	}
-	if cfg.queue < 0 || cfg.maxRestarts < 0 || cfg.maxConns < 0 || cfg.spares < 0 {
-		return nil, fmt.Errorf("--queue, --max-restarts, --max-conns and --spares must not be negative")
+	for _, c := range []struct {
+		name string
+		v    int
+	}{{"--queue", cfg.queue}, {"--max-restarts", cfg.maxRestarts}, {"--max-conns", cfg.maxConns}, {"--spares", cfg.spares}} {
+		if c.v < 0 {
+			return nil, cli.Usagef("%s must not be negative, not %d", c.name, c.v)
+		}
 	}
-	if cfg.messageTimeout < 0 || cfg.killGrace < 0 || cfg.shutdownTimeout < 0 || cfg.statsInterval < 0 || cfg.frameTimeout < 0 || cfg.idleTimeout < 0 || cfg.slowThreshold < 0 {
-		return nil, fmt.Errorf("durations must not be negative")
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--message-timeout", cfg.messageTimeout}, {"--kill-grace", cfg.killGrace}, {"--shutdown-timeout", cfg.shutdownTimeout}, {"--stats-interval", cfg.statsInterval}, {"--frame-timeout", cfg.frameTimeout}, {"--idle-timeout", cfg.idleTimeout}, {"--slow-threshold", cfg.slowThreshold}} {
+		if d.v < 0 {
+			return nil, cli.Usagef("%s must not be negative, not %v", d.name, d.v)
+		}
 	}
 
 	cfg.workerEnv = workerEnvironment(faults, workerEnv, getenv)

@@ -48,6 +48,8 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad socket mode", args: []string{"--socket-mode=rw"}, wantErr: "not an octal"},
 		{name: "bad size", args: []string{"--worker-rlimit-data=lots"}, wantErr: "--worker-rlimit-data"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: `unexpected argument "extra"`},
+		{name: "negative spares", args: []string{"--spares=-1"}, wantErr: "--spares must not be negative, not -1"},
+		{name: "negative duration", args: []string{"--kill-grace=-2s"}, wantErr: "--kill-grace must not be negative, not -2s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

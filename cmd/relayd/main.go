@@ -8,14 +8,20 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"relayd/internal/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv); err != nil {
-		fmt.Fprintf(os.Stderr, "relayd: %v\n", err)
 		stop()
+		if cli.IsUsage(err) {
+			fmt.Fprintf(os.Stderr, "relayd: %v\n%s\n", err, cli.Hint("relayd"))
+			os.Exit(cli.ExitUsage)
+		}
+		fmt.Fprintf(os.Stderr, "relayd: %v\n", err)
 		os.Exit(1)
 	}
 }
