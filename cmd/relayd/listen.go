@@ -3,9 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -55,6 +57,29 @@ func listen(cfg *config, log hclog.Logger) (net.Listener, error) {
 	return ln, nil
 }
 
+// maxSocketPath is the longest path a Unix socket can be bound to on Linux: sun_path holds 108
+// bytes, the last one for the terminating NUL.
+const maxSocketPath = 107
+
+// checkSocketPath names what is wrong with a socket path that cannot be bound, where bind(2)
+// would only say "invalid argument" or "no such file or directory".
+func checkSocketPath(path string) error {
+	if len(path) > maxSocketPath {
+		return fmt.Errorf("socket path %s is %d bytes long; a Unix socket path has at most %d: choose a shorter --socket", path, len(path), maxSocketPath)
+	}
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("socket directory %s does not exist: create it, or choose another --socket", dir)
+	case err != nil:
+		return fmt.Errorf("socket directory: %w", err)
+	case !fi.IsDir():
+		return fmt.Errorf("socket directory %s is not a directory", dir)
+	}
+	return nil
+}
+
 // errSocketInUse reports a socket path on which something answers.
 var errSocketInUse = errors.New("socket in use")
 
@@ -62,6 +87,9 @@ var errSocketInUse = errors.New("socket in use")
 // there is removed only after a failed connect shows it is stale; if something answers on it,
 // listenUnix returns errSocketInUse. The listener removes the file when it closes.
 func listenUnix(path string, mode os.FileMode, group string, log hclog.Logger) (net.Listener, error) {
+	if err := checkSocketPath(path); err != nil {
+		return nil, err
+	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("%s exists and is not a socket; not touching it", path)

@@ -9,7 +9,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"relayd/internal/cli"
 	"relayd/relay"
 	"relayd/supervisor"
 )
@@ -32,6 +32,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return nil
 	}
 	if err != nil {
+		// Whatever parseFlags refuses is a mistake in how relayd was started: exit status 2.
+		if !cli.IsUsage(err) {
+			err = &cli.UsageError{Err: err}
+		}
 		return err
 	}
 	// Descriptors inherited from whoever started relayd must not reach the workers.
@@ -45,6 +49,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		// journald stamps every line itself.
 		DisableTime: getenv("JOURNAL_STREAM") != "",
 	})
+	if err := checkWorker(cfg.worker); err != nil {
+		log.Warn("the worker is not usable yet; relayd starts anyway, since it may appear later", "error", err)
+	}
 	mx, err := startMetrics(cfg, log)
 	if err != nil {
 		return err
@@ -230,12 +237,8 @@ func closeOnExecInherited() {
 	}
 }
 
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "devel"
-}
+// version is relayd's version; the build may set it with -ldflags "-X main.version=…".
+var version string
 
 // defaultWorker is the worker executable beside relayd's own, or, for an installed relayd,
 // the one in ../libexec/relayd/ (where make install puts it).
