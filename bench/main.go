@@ -1,4 +1,4 @@
-// Command relay-bench is relayd's benchmark (issue 5): it measures, interleaved in one run, the
+// Command relay-bench is relayd's benchmark: it measures, interleaved in one run, the
 // floor (start and wait of an empty static Go binary), the worker started directly, relayd's
 // echo round trip and throughput, go-plugin and s6-ipcserver peers doing the same work, and
 // long-lived workers (the stdio worker fed directly, relayd --max-requests, a go-plugin client
