@@ -5,6 +5,10 @@ PREFIX    ?= /usr/local
 DESTDIR   ?=
 BIN       := bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# The code generators of `make proto`, pinned: protoc-gen-go matches the protobuf module in go.mod,
+# and protoc-gen-go-grpc 1.3 writes code that the gRPC module in go.mod accepts.
+PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.3.0
 # The worker is forked once per message: build it lean and static.
 WORKER_FLAGS := -trimpath -ldflags='-s -w'
 RUN_FLAGS ?=
@@ -63,6 +67,19 @@ bench-deps: ## Install what the benchmark's peers need but Go does not bring: s6
 .PHONY: bench-smoke
 bench-smoke: build ## Run the benchmark on a few dozen messages, to prove that every measurement works.
 	$(GO) run ./bench --bin $(BIN) --smoke
+
+.PHONY: proto
+proto: ## Regenerate the plugin service's Go code and the Python example's module from sdk/plugin/pluginpb/worker.proto (needs protoc: installs protobuf-compiler when root with apt-get).
+	@command -v protoc >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  echo "installing protobuf-compiler (for protoc)" && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null 2>&1; }; }; } || \
+	  { echo "make proto needs protoc (Debian: apt-get install protobuf-compiler)"; exit 1; }
+	GOBIN=$(abspath $(BIN))/tools $(GO) install $(PROTOC_GEN_GO)
+	GOBIN=$(abspath $(BIN))/tools $(GO) install $(PROTOC_GEN_GO_GRPC)
+	PATH="$(abspath $(BIN))/tools:$$PATH" protoc -I sdk --go_out=sdk --go_opt=paths=source_relative \
+	  --go-grpc_out=sdk --go-grpc_opt=paths=source_relative plugin/pluginpb/worker.proto
+	protoc -I sdk/plugin/pluginpb --python_out=examples/python-plugin worker.proto
 
 .PHONY: lint
 lint: ## Run go vet, the gofmt check and staticcheck.
