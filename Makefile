@@ -20,9 +20,10 @@ help: ## Show the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build relayd, worker and echo into bin/.
+build: ## Build relayd, worker, worker-plugin (the worker's go-plugin mode) and echo into bin/.
 	$(GO) build -o $(BIN)/ ./cmd/relayd ./cmd/echo
 	CGO_ENABLED=0 $(GO) build $(WORKER_FLAGS) -o $(BIN)/ ./cmd/worker
+	CGO_ENABLED=0 $(GO) build $(WORKER_FLAGS) -tags goplugin -o $(BIN)/worker-plugin ./cmd/worker
 
 .PHONY: run
 run: build ## Start relayd on a private socket and open the echo REPL; relayd stops when the REPL ends.
@@ -43,6 +44,7 @@ run: build ## Start relayd on a private socket and open the echo REPL; relayd st
 test: ## Run every test: gofmt, vet, staticcheck, unit and end-to-end tests with the race detector, a short fuzz run, the unit-file and install checks, a benchmark smoke run.
 	@fmt=$$(gofmt -l .); if [ -n "$$fmt" ]; then echo "gofmt would change:"; echo "$$fmt"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags goplugin ./cmd/worker
 	$(GO) run $(STATICCHECK) ./...
 	deploy/systemd/check.sh
 	deploy/check-install.sh
@@ -92,6 +94,7 @@ install: build ## Install relayd, relay-echo, the worker (libexec) and the syste
 	install -D -m 0755 $(BIN)/relayd $(DESTDIR)$(PREFIX)/bin/relayd
 	install -D -m 0755 $(BIN)/echo $(DESTDIR)$(PREFIX)/bin/relay-echo
 	install -D -m 0755 $(BIN)/worker $(DESTDIR)$(PREFIX)/libexec/relayd/worker
+	install -D -m 0755 $(BIN)/worker-plugin $(DESTDIR)$(PREFIX)/libexec/relayd/worker-plugin
 	deploy/systemd/render.sh $(PREFIX) $(DESTDIR)$(PREFIX)/lib/systemd/system
 
 .PHONY: clean

@@ -9,7 +9,7 @@ trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dest"' EXIT
 pid=
 make -s install DESTDIR="$dest" PREFIX=/usr/local >/dev/null
 root="$dest/usr/local"
-for f in bin/relayd bin/relay-echo libexec/relayd/worker lib/systemd/system/relayd.service lib/systemd/system/relayd.socket; do
+for f in bin/relayd bin/relay-echo libexec/relayd/worker libexec/relayd/worker-plugin lib/systemd/system/relayd.service lib/systemd/system/relayd.socket; do
 	[ -e "$root/$f" ] || { echo "check-install: $f not installed" >&2; exit 1; }
 done
 if [ -e "$root/bin/echo" ] || [ -e "$root/bin/worker" ]; then

@@ -39,6 +39,14 @@ const (
 	envFaults  = "RELAY_FAULTS"  // "1" when fault directives are obeyed
 )
 
+// go-plugin's magic cookie for relayd's plugins (package relayd/sdk/plugin, which the stdio
+// worker does not import; TestPluginCookie checks they agree). With it in the environment, the
+// worker serves go-plugin instead of the stdio protocol.
+const (
+	pluginCookieKey   = "RELAYD_PLUGIN"
+	pluginCookieValue = "7f3c9a2e5b1d4e08-relayd-worker"
+)
+
 // exitStatus is an error that ends the worker with that exit status and no message. Fault
 // directives use it to exit on purpose.
 type exitStatus int
@@ -88,6 +96,11 @@ With RELAY_FAULTS=1 in its environment, data starting with "!" can be a fault di
 (!crash, !exit N, !panic, !segv, !hang, !sleep D, !oom, !spin, !fork, !garbage, !noreply,
 !flaky N, !stderr N, !env, !fds, !rlimits); RELAY_ATTEMPT is the attempt number !flaky counts.
 
+With relayd's go-plugin magic cookie in its environment (RELAYD_PLUGIN, set by relayd for a
+service with transport "grpc" or "netrpc"), it serves the same as a go-plugin plugin instead,
+over the transport RELAYD_PLUGIN_TRANSPORT names, by executing worker-plugin from its own
+directory: the worker built with go-plugin, which would slow the start of every stdio worker.
+
 Flags:
 %s`, ipc.ProtocolVersion, cli.FlagUsages(fs, 0))
 	}
@@ -122,6 +135,9 @@ Flags:
 	}
 	if n, err := strconv.Atoi(lookupEnv(environ, envAttempt)); err == nil {
 		w.attempt = n
+	}
+	if lookupEnv(environ, pluginCookieKey) == pluginCookieValue {
+		return servePlugin(w, args)
 	}
 	return w.serve(stdin)
 }
