@@ -47,6 +47,10 @@ const (
 	pluginCookieValue = "7f3c9a2e5b1d4e08-relayd-worker"
 )
 
+// pluginExecutable is the worker built with go-plugin (build tag goplugin), installed beside
+// the worker.
+const pluginExecutable = "worker-plugin"
+
 // exitStatus is an error that ends the worker with that exit status and no message. Fault
 // directives use it to exit on purpose.
 type exitStatus int

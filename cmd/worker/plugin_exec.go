@@ -9,10 +9,6 @@ import (
 	"syscall"
 )
 
-// pluginExecutable is the worker built with go-plugin (build tag goplugin), installed beside
-// the worker.
-const pluginExecutable = "worker-plugin"
-
 // servePlugin replaces the process with worker-plugin, the same worker built with go-plugin,
 // which serves it as a plugin. The stdio worker leaves go-plugin out because its package
 // initialisation alone more than doubles the start of a worker, which relayd pays per message;
