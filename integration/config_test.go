@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -8,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"relayd/ipc"
 )
 
 // TestConfigReload runs relayd from a config file, changes the file and sends SIGHUP: what can
@@ -15,7 +19,7 @@ import (
 // file keeps the old settings, and flags on the command line win over the file throughout.
 func TestConfigReload(t *testing.T) {
 	dir := shortTempDir(t)
-	conf := filepath.Join(dir, "relayd.conf")
+	conf := filepath.Join(dir, "relayd.hcl")
 	write := func(s string) {
 		t.Helper()
 		if err := os.WriteFile(conf, []byte(s), 0o600); err != nil {
@@ -24,8 +28,8 @@ func TestConfigReload(t *testing.T) {
 	}
 	write(`# relayd settings
 allow-fault-injection = true
-worker-rlimit-nofile = 64
-worker-arg = --delay=3s
+worker-rlimit-nofile  = 64
+worker-arg            = ["--delay=3s"]
 `)
 	sock := filepath.Join(dir, "s")
 	r := startRelayd(t, sock, "--config", conf, "--worker-arg=--delay=0s", "--stats-interval=0")
@@ -47,22 +51,15 @@ worker-arg = --delay=3s
 		t.Errorf("answer took %v: the command line's --delay=0s must win over the file's 3s", d)
 	}
 
-	hup := func(wantLog string) {
-		t.Helper()
-		before := strings.Count(r.log.String(), wantLog)
-		if err := r.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
-		if !eventually(5*time.Second, func() bool { return strings.Count(r.log.String(), wantLog) > before }) {
-			t.Fatalf("no %q after SIGHUP; log:\n%s", wantLog, r.log)
-		}
-	}
 	write(`allow-fault-injection = true
-worker-rlimit-nofile = 32
-worker-arg = --delay=3s
-socket-mode = 0600
+worker-arg = ["--delay=3s"]
+socket-mode = "0600"
+
+service "relay" {
+  worker-rlimit-nofile = 32
+}
 `)
-	hup("config reloaded")
+	r.hup(t, "config reloaded")
 	if got := nofile(); got != "nofile 32 32" {
 		t.Errorf("after reload: %q, want nofile 32 32", got)
 	}
@@ -77,14 +74,202 @@ socket-mode = 0600
 		t.Errorf("socket mode after reload: %v %v, want 0660 kept", fi.Mode().Perm(), err)
 	}
 
-	write("worker-rlimit-nofile = 16\nno-such-setting = 1\n")
-	hup("reload failed; keeping the old settings")
+	write("worker-rlimit-nofile = 16\n\nno-such-setting = 1\n")
+	r.hup(t, "reload failed; keeping the old settings")
 	if got := nofile(); got != "nofile 32 32" {
 		t.Errorf("after a failed reload: %q, want the old nofile 32 32", got)
 	}
 	if !slices.ContainsFunc(strings.Split(r.log.String(), "\n"), func(l string) bool {
-		return strings.Contains(l, "reload failed") && strings.Contains(l, "no-such-setting")
+		return strings.Contains(l, "reload failed") && strings.Contains(l, "relayd.hcl:3:1") && strings.Contains(l, "no-such-setting")
 	}) {
-		t.Errorf("failed reload does not name the bad line; log:\n%s", r.log)
+		t.Errorf("failed reload does not name the bad line by file:line:column; log:\n%s", r.log)
+	}
+}
+
+// hup sends relayd SIGHUP and waits for one more wantLog line in its log.
+func (r *relayd) hup(t *testing.T, wantLog string) {
+	t.Helper()
+	before := strings.Count(r.log.String(), wantLog)
+	if err := r.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(10*time.Second, func() bool { return strings.Count(r.log.String(), wantLog) > before }) {
+		t.Fatalf("no %q after SIGHUP; log:\n%s", wantLog, r.log)
+	}
+}
+
+// requestTo sends one request to the service name on c and waits for its answer.
+func requestTo(t *testing.T, c *ipc.Client, name, topic string, data any) ipc.Answer {
+	t.Helper()
+	call, err := c.Send(name, topic, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	a, err := c.Wait(ctx, call)
+	if err != nil {
+		t.Fatalf("%s %s %v: %v", name, topic, data, err)
+	}
+	return a
+}
+
+// askTo sends one echo message to the service name on a connection of its own.
+func askTo(t *testing.T, socket, name string, data any) ipc.Answer {
+	t.Helper()
+	c, err := ipc.Dial(t.Context(), socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return requestTo(t, c, name, "echo", data)
+}
+
+func codeOf(a ipc.Answer) string {
+	if a.Error == nil {
+		return ""
+	}
+	return a.Error.Code
+}
+
+// TestServicesReload adds a service with SIGHUP, sends it a message that is still running when
+// a second SIGHUP removes it, and checks that the removed name answers unknown_name at once while
+// the message it held is still answered, and that relay serves throughout.
+func TestServicesReload(t *testing.T) {
+	dir := shortTempDir(t)
+	conf := filepath.Join(dir, "relayd.hcl")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(conf, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("worker-arg = [\"--delay=0s\"]\n")
+	sock := filepath.Join(dir, "s")
+	r := startRelayd(t, sock, "--config", conf, "--stats-interval=0")
+	if a := askTo(t, sock, "upper", "x"); codeOf(a) != ipc.CodeUnknownName {
+		t.Fatalf("before the reload: %s, want unknown_name", a.Raw)
+	}
+	write(fmt.Sprintf(`worker-arg = ["--delay=0s"]
+
+service "upper" {
+  worker                = %q
+  args                  = ["--delay=0s"]
+  allow-fault-injection = true
+}
+`, filepath.Join(binDir, "worker")))
+	r.hup(t, "config reloaded")
+	if got := unquote(t, askTo(t, sock, "upper", "hello")); got != "HELLO" {
+		t.Fatalf("added service answered %q, want HELLO", got)
+	}
+
+	c, err := ipc.Dial(t.Context(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	held, err := c.Send("upper", "echo", "!sleep 1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The sleeping worker is running once status shows it busy.
+	if !eventually(10*time.Second, func() bool {
+		a := requestTo(t, c, "upper", "status", nil)
+		return strings.Contains(string(a.Data), `"busy"`)
+	}) {
+		t.Fatal("the held message's worker never showed as busy")
+	}
+	write("worker-arg = [\"--delay=0s\"]\n")
+	r.hup(t, "services_removed=upper")
+	if a := askTo(t, sock, "upper", "x"); codeOf(a) != ipc.CodeUnknownName {
+		t.Errorf("after removal: %s, want unknown_name", a.Raw)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	a, err := c.Wait(ctx, held)
+	if err != nil || a.Error != nil || unquoteData(a) != "!SLEEP 1S" {
+		t.Errorf("the message held by the removed service: %s %v, want !SLEEP 1S", a.Raw, err)
+	}
+	if got := unquote(t, ask(t, sock, "still")); got != "STILL" {
+		t.Errorf("relay after the removal answered %q", got)
+	}
+	if !eventually(10*time.Second, func() bool { return strings.Contains(r.log.String(), "service drained") }) {
+		t.Errorf("no \"service drained\" in the log:\n%s", r.log)
+	}
+}
+
+func unquoteData(a ipc.Answer) string {
+	var s string
+	jsonUnmarshal(a.Data, &s)
+	return s
+}
+
+// TestServicesIsolated runs relay beside two other services, one whose executable is missing
+// and one in a crash storm, and checks that neither touches relay: relay answers while the
+// first is unavailable, and relay still retries a failing worker after the storm has spent the
+// other service's whole retry budget.
+func TestServicesIsolated(t *testing.T) {
+	dir := shortTempDir(t)
+	conf := filepath.Join(dir, "relayd.hcl")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`
+service "storm" {
+  worker                = %q
+  args                  = ["--delay=0s"]
+  allow-fault-injection = true
+  max-workers           = 4
+  max-restarts          = 1
+}
+`, filepath.Join(binDir, "worker"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "s")
+	startRelayd(t, sock, "--config", conf, "--service", "broken="+filepath.Join(dir, "missing"),
+		"--allow-fault-injection", "--worker-arg=--delay=0s", "--stats-interval=0")
+
+	if a := askTo(t, sock, "broken", "x"); codeOf(a) != ipc.CodeUnavailable {
+		t.Fatalf("broken service: %s, want unavailable", a.Raw)
+	}
+	if got := unquote(t, ask(t, sock, "hello")); got != "HELLO" {
+		t.Fatalf("relay beside an unavailable service answered %q", got)
+	}
+
+	c, err := ipc.Dial(t.Context(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Each crash is two failed attempts; 40 of them spend far more than the half of the
+	// 100-token budget after which retries pause.
+	var calls []*ipc.Call
+	for range 40 {
+		call, err := c.Send("storm", "echo", "!crash")
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls = append(calls, call)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	for _, call := range calls {
+		a, err := c.Wait(ctx, call)
+		if err != nil {
+			t.Fatalf("storm: %v", err)
+		}
+		if codeOf(a) != ipc.CodeWorkerFailed {
+			t.Fatalf("storm: %s, want worker_failed", a.Raw)
+		}
+	}
+	if a := requestTo(t, c, "storm", "echo", "!flaky 1"); codeOf(a) != ipc.CodeWorkerFailed || !strings.Contains(a.Error.Message, "retries paused") {
+		t.Errorf("storm after the storm: %s, want worker_failed with retries paused", a.Raw)
+	}
+	if a := requestTo(t, c, "relay", "echo", "!flaky 1"); a.Error != nil || unquoteData(a) != "!FLAKY 1" {
+		t.Errorf("relay after the other service's storm: %s, want its retry to succeed", a.Raw)
+	}
+	var st ipc.Stats
+	if err := jsonUnmarshal(requestTo(t, c, "relay", "stats", nil).Data, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Exits["exit(1)"] != 1 {
+		t.Errorf("relay's stats count %d exit(1), want 1 (its own flaky attempt alone): %+v", st.Exits["exit(1)"], st)
 	}
 }

@@ -231,13 +231,17 @@ func TestMetricsEndpoint(t *testing.T) {
 					t.Fatalf("echo: %v", a.Error)
 				}
 			}
+			// The worker refuses a topic it does not know, and exits normally.
+			if a := request(t, c, "no-such-topic", nil); a.Error == nil || a.Error.Code != ipc.CodeUnknownTopic {
+				t.Fatalf("no-such-topic answered %s, want unknown_topic", a.Raw)
+			}
 			// A reply reaches the sender before its worker's EXIT reaches the relay loop, where
-			// the budget is kept: wait for the five exits before the crash.
-			if !eventually(5*time.Second, func() bool {
+			// the budget is kept: wait for the six exits before the crash.
+			if !eventually(10*time.Second, func() bool {
 				v, _ := sample(s.scrape(t), "relayd_worker_exits_total", map[string]string{"reason": "normal"})
-				return v == replies
+				return v == replies+1
 			}) {
-				t.Fatalf("the %d normal exits never showed", replies)
+				t.Fatalf("the %d normal exits never showed", replies+1)
 			}
 			if a := request(t, c, "echo", "!crash"); a.Error == nil || a.Error.Code != ipc.CodeWorkerFailed {
 				t.Fatalf("!crash answered %s, want worker_failed", a.Raw)
@@ -245,12 +249,9 @@ func TestMetricsEndpoint(t *testing.T) {
 			if a := request(t, c, "stats", nil); a.Error != nil {
 				t.Fatalf("stats: %v", a.Error)
 			}
-			if a := request(t, c, "no-such-topic", nil); a.Error == nil || a.Error.Code != ipc.CodeUnknownTopic {
-				t.Fatalf("no-such-topic answered %s, want unknown_topic", a.Raw)
-			}
 
-			// Wait for the eight exits (five normal, three crashes) and an idle relay.
-			const exits = replies + 3
+			// Wait for the nine exits (six normal, three crashes) and an idle relay.
+			const exits = replies + 4
 			var fams map[string]*dto.MetricFamily
 			if !eventually(5*time.Second, func() bool {
 				fams = s.scrape(t)
@@ -273,7 +274,7 @@ func TestMetricsEndpoint(t *testing.T) {
 				{"relayd_messages_total", map[string]string{"topic": "status", "outcome": "reply"}, 0, false},
 				{"relayd_answer_duration_seconds", map[string]string{"topic": "echo"}, replies + 1, false},
 				{"relayd_answer_duration_seconds", map[string]string{"topic": "stats"}, 1, false},
-				{"relayd_worker_exits_total", map[string]string{"reason": "normal"}, replies, false},
+				{"relayd_worker_exits_total", map[string]string{"reason": "normal"}, replies + 1, false},
 				{"relayd_worker_exits_total", map[string]string{"reason": "exit(1)"}, 3, false},
 				{"relayd_restarts_total", nil, 2, false},
 				{"relayd_retry_budget_tokens", nil, 97, false},

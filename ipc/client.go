@@ -20,6 +20,8 @@ const (
 	CodeShuttingDown = "shutting_down"
 	CodeForbidden    = "forbidden"
 	CodeInternal     = "internal"
+	// CodeWorkerError is a worker's own error reply: a handled refusal, never retried.
+	CodeWorkerError = "worker_error"
 )
 
 // TopicError is the topic of every failure reply.
@@ -57,6 +59,8 @@ type Reply struct {
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// WorkerCode is the worker's own code of a worker_error, when it gave one.
+	WorkerCode string `json:"worker_code,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }

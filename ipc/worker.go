@@ -1,6 +1,10 @@
 package ipc
 
-import "encoding/json"
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+)
 
 // ProtocolVersion is the worker protocol version relayd speaks; a worker's ready line must carry it.
 const ProtocolVersion = 1
@@ -23,5 +27,28 @@ type WorkerRequest struct {
 type WorkerReply struct {
 	ID    string          `json:"id"`
 	Data  json.RawMessage `json:"data,omitempty"`
-	Error string          `json:"error,omitempty"`
+	Error *WorkerError    `json:"error,omitempty"`
+}
+
+// WorkerError is a worker's error reply. On the wire it is either a string, the message alone,
+// or an object {"code":"bad_request","message":"…"}; it is always written as the object.
+type WorkerError struct {
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message"`
+}
+
+// UnmarshalJSON reads either form of a worker's error.
+func (e *WorkerError) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '"' {
+		*e = WorkerError{}
+		return json.Unmarshal(b, &e.Message)
+	}
+	type plain WorkerError
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return errors.New("error must be a string or an object {\"code\":…,\"message\":…}")
+	}
+	*e = WorkerError(p)
+	return nil
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -47,6 +48,8 @@ const (
 // Config configures a Relay. Zero durations and counts mean "none" or "unlimited" only where
 // noted; relayd fills in its documented defaults.
 type Config struct {
+	// Name is the service's registered name; "" means Name ("relay").
+	Name string
 	Host *supervisor.Host
 	// MaxWorkers bounds concurrent worker processes; Queue bounds messages waiting for one.
 	MaxWorkers int
@@ -91,6 +94,7 @@ type Relay struct {
 	inbox    chan *Message
 	retries  chan *Message
 	settings chan Settings
+	retire   chan struct{} // closed by Retire
 	done     chan struct{} // closed when Run returns
 	stats    *counters
 
@@ -104,6 +108,8 @@ type Relay struct {
 	probeFails  int
 	probeAt     time.Time
 	spawnErr    string
+	retired     bool // Retire was called: new messages are answered unknown_name
+	released    bool // retired and drained: the host is closed
 }
 
 // New returns a relay; Run runs it.
@@ -120,17 +126,29 @@ func New(cfg Config) *Relay {
 	if cfg.MaxWorkers <= 0 {
 		cfg.MaxWorkers = 1
 	}
+	if cfg.Name == "" {
+		cfg.Name = Name
+	}
 	return &Relay{
 		cfg:         cfg,
 		log:         cfg.Logger,
 		inbox:       make(chan *Message, 256),
 		retries:     make(chan *Message),
 		settings:    make(chan Settings),
+		retire:      make(chan struct{}),
 		done:        make(chan struct{}),
 		stats:       newCounters(),
 		retryTimers: make(map[*Message]*time.Timer),
 	}
 }
+
+// Name is the service's registered name.
+func (r *Relay) Name() string { return r.cfg.Name }
+
+// Retire tells the relay that its name was removed: it answers messages that still reach it
+// unknown_name, finishes what it holds (queued messages and retries included), then closes its
+// host. Run still returns only after CloseInbox. Call it once.
+func (r *Relay) Retire() { close(r.retire) }
 
 // Inbox is where messages for the relay are delivered; it is what the registry maps "relay" to.
 func (r *Relay) Inbox() chan<- *Message { return r.inbox }
@@ -158,7 +176,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		defer t.Stop()
 		watchdog = t.C
 	}
-	inbox, events, hard := r.inbox, r.cfg.Host.Events(), ctx.Done()
+	inbox, events, hard, retire := r.inbox, r.cfg.Host.Events(), ctx.Done(), r.retire
 	var shutdown <-chan time.Time
 	for {
 		select {
@@ -179,6 +197,10 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.admit(m, true)
 		case s := <-r.settings:
 			r.apply(s)
+		case <-retire:
+			retire = nil
+			r.retired = true
+			r.log.Info("service removed; draining", "service", r.cfg.Name, "workers", r.running, "queued", len(r.queue))
 		case <-watchdog:
 			r.cfg.Watchdog()
 		case <-shutdown:
@@ -192,6 +214,12 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.cfg.Host.Stop(supervisor.Reason{Kind: supervisor.ReasonKilled}, 0)
 		}
 		r.stats.setLoad(r.running, len(r.queue))
+		if r.retired && !r.released && r.running == 0 && len(r.queue) == 0 && len(r.retryTimers) == 0 {
+			// Nothing is left for its workers to do: stop its spares and its host's threads.
+			r.released = true
+			r.cfg.Host.Close()
+			r.log.Info("service drained", "service", r.cfg.Name)
+		}
 		if inbox == nil && r.running == 0 && len(r.retryTimers) == 0 {
 			return nil
 		}
@@ -221,26 +249,24 @@ func (r *Relay) apply(s Settings) {
 	r.pump()
 }
 
-// receive handles one message from the inbox.
+// receive handles one message from the inbox: the relay answers stats and status itself and
+// hands every other topic, with its data as it came, to a worker.
 func (r *Relay) receive(m *Message) {
 	r.seq++
 	m.seq = r.seq
-	switch m.Req.Topic {
-	case TopicStats:
+	switch {
+	case r.retired:
+		m.Fail(ipc.Errorf(ipc.CodeUnknownName, "no process is registered as %q", r.cfg.Name))
+	case m.Req.Topic == TopicStats:
 		m.respond(r.Stats(), nil)
-	case TopicStatus:
+	case m.Req.Topic == TopicStatus:
 		m.respond(r.Status(), nil)
-	case TopicEcho:
-		// json.Unmarshal would take null for a string, so look at the value itself.
-		var s string
-		if d := m.Req.Data; len(d) == 0 || d[0] != '"' || json.Unmarshal(d, &s) != nil {
-			m.Fail(ipc.Errorf(ipc.CodeBadRequest, "data of an echo message must be a string"))
-			return
+	default:
+		if len(m.Req.Data) == 0 {
+			m.Req.Data = json.RawMessage("null") // No data reaches the worker as null.
 		}
 		r.stats.messages.Add(1)
 		r.admit(m, false)
-	default:
-		m.Fail(ipc.Errorf(ipc.CodeUnknownTopic, "%q has no topic %q (topics: echo, stats, status)", Name, m.Req.Topic))
 	}
 }
 
@@ -279,13 +305,28 @@ func (r *Relay) spawn(m *Message) {
 		Timeout: r.cfg.MessageTimeout,
 		Tag:     m,
 		OnReply: func(pid int, wr ipc.WorkerReply) {
-			if wr.Error != "" {
-				m.Fail(ipc.Errorf(ipc.CodeWorkerFailed, "worker %d: %s", pid, wr.Error))
+			if wr.Error != nil {
+				m.Fail(workerError(pid, wr.Error))
 				return
 			}
 			m.Answer(ipc.Reply{Topic: ipc.ResponseTopic(m.Req.Topic), Data: wr.Data, Worker: &ipc.WorkerRef{Host: host, PID: pid}})
 		},
 	})
+}
+
+// workerError is the client's error for a worker's error reply: bad_request and unknown_topic
+// pass through, since they are the client's to fix; any other is worker_error, with the worker's
+// own code, if it gave one, in worker_code.
+func workerError(pid int, we *ipc.WorkerError) *ipc.Error {
+	msg := we.Message
+	if msg == "" {
+		msg = fmt.Sprintf("worker %d answered an error without a message", pid)
+	}
+	switch we.Code {
+	case ipc.CodeBadRequest, ipc.CodeUnknownTopic:
+		return &ipc.Error{Code: we.Code, Message: msg}
+	}
+	return &ipc.Error{Code: ipc.CodeWorkerError, Message: msg, WorkerCode: we.Code}
 }
 
 // exited handles an event of the host: a worker's EXIT is logged; a job's end answers,

@@ -153,6 +153,9 @@ func TestAnswers(t *testing.T) {
 	}
 }
 
+// TestBadMessages checks that the relay forwards any topic and data to the worker, which
+// refuses what it cannot serve: its bad_request and unknown_topic reach the client as they are,
+// any other error as worker_error with the worker's code, and none is retried.
 func TestBadMessages(t *testing.T) {
 	h := startRelay(t, supervisor.Options{}, Config{})
 	tests := []struct {
@@ -165,6 +168,7 @@ func TestBadMessages(t *testing.T) {
 		{topic: TopicEcho, raw: ``, wantCode: ipc.CodeBadRequest},
 		{topic: TopicEcho, raw: `null`, wantCode: ipc.CodeBadRequest},
 		{topic: TopicEcho, raw: `["x"]`, wantCode: ipc.CodeBadRequest},
+		{topic: TopicEcho, data: "!exit", wantCode: ipc.CodeWorkerError},
 	}
 	for _, tt := range tests {
 		answers := make(chan ipc.Reply, 2)
@@ -177,8 +181,8 @@ func TestBadMessages(t *testing.T) {
 			t.Errorf("topic %q data %q: code = %q, want %q", tt.topic, tt.raw, got, tt.wantCode)
 		}
 	}
-	if n := h.host.Spawned(); n != 0 {
-		t.Errorf("%d workers spawned for messages that need none", n)
+	if n := h.host.Spawned(); n != uint64(len(tests)) {
+		t.Errorf("%d workers spawned for %d messages, want one each (no retries)", n, len(tests))
 	}
 }
 

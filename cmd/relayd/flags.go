@@ -12,35 +12,31 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/hcl/v2"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"relayd/internal/cli"
 	"relayd/ipc"
+	"relayd/relay"
 	"relayd/supervisor"
 )
 
-// config is relayd's settings after flags are parsed and checked.
+// relayName is the tutorial's echo service, which relayd's flags configure.
+const relayName = relay.Name
+
+// config is relayd's settings after flags and the config file are parsed and checked.
 type config struct {
 	socket          string
+	socketModeText  string
 	socketMode      os.FileMode
 	socketGroup     string
-	worker          string
-	workerArgs      []string
-	workerEnv       []string
-	limits          []supervisor.Rlimit
-	credential      *syscall.Credential
-	maxWorkers      int
-	spares          int
-	maxRequests     int
-	queue           int
+	allowUIDs       []string
+	allowGIDs       []string
 	maxPerClient    int
 	maxConns        int
 	frameTimeout    time.Duration
 	idleTimeout     time.Duration
-	messageTimeout  time.Duration
-	killGrace       time.Duration
-	maxRestarts     int
 	statsInterval   time.Duration
 	slowThreshold   time.Duration
 	shutdownTimeout time.Duration
@@ -49,16 +45,61 @@ type config struct {
 	logLevel        string
 	logFormat       string
 	metricsAddr     metricsAddr
-	// values holds every setting as text, to tell what a reload changes.
+	serviceFlags    []string
+	// services are the services to serve, relay first, then in the order of the config file
+	// and of --service.
+	services []*serviceConfig
+	// values holds every global setting as text, to tell what a reload changes.
 	values map[string]string
+}
+
+// serviceConfig is one service's settings.
+type serviceConfig struct {
+	name           string
+	worker         string
+	transport      string
+	workerArgs     []string
+	envNames       []string
+	faults         bool
+	maxWorkers     int
+	spares         int
+	maxRequests    int
+	queue          int
+	messageTimeout time.Duration
+	killGrace      time.Duration
+	maxRestarts    int
+	rlimitCPU      time.Duration
+	rlimitNofile   uint64
+	rlimitData     string
+	rlimitAS       string
+	workerUser     string
+	workerGroup    string
+
+	// Derived from the above by finish.
+	env        []string
+	limits     []supervisor.Rlimit
+	credential *syscall.Credential
+	// values holds every per-service setting as text, to tell what a reload changes.
+	values map[string]string
+}
+
+// service returns the service called name, or nil.
+func (c *config) service(name string) *serviceConfig {
+	for _, s := range c.services {
+		if s.name == name {
+			return s
+		}
+	}
+	return nil
 }
 
 const usageHead = `Usage: relayd [flags]
 
-relayd listens on a Unix socket and answers each message sent to the name "relay" with the
-reply of a worker process it forks, monitors and reaps for that message. Without --socket it
-uses $RELAY_SOCKET, then ` + ipc.DefaultSocket + `; under systemd socket activation it uses the
-socket it is passed.
+relayd listens on a Unix socket and answers each message sent to a registered name with the
+reply of a worker process it forks, monitors and reaps for that message. The name "relay" is
+the echo service these flags configure; --service and the config file add more. Without
+--socket it uses $RELAY_SOCKET, then ` + ipc.DefaultSocket + `; under systemd socket activation it
+uses the socket it is passed.
 
 Exit status: 0 after SIGTERM or SIGINT once every message is answered; 1 an error while
 starting or running (the socket, the metrics address); 2 usage: a flag or setting it does not
@@ -71,56 +112,14 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	fs := pflag.NewFlagSet("relayd", pflag.ContinueOnError)
 	fs.SortFlags = false
 	fs.SetOutput(io.Discard)
+	cfg := &config{}
+	rs := &serviceConfig{name: relayName}
 	var (
-		cfg          config
-		socketMode   string
-		workerEnv    []string
-		allowUIDs    []string
-		allowGIDs    []string
-		faults       bool
-		rlimitCPU    time.Duration
-		rlimitNofile uint64
-		rlimitData   string
-		rlimitAS     string
-		workerUser   string
-		workerGroup  string
-		showVersion  bool
-		configPath   string
+		showVersion bool
+		configPath  string
 	)
-	fs.StringVar(&configPath, "config", "", "read settings from this `file`: one \"name = value\" a line, names as the long flags; flags given here win; SIGHUP re-reads it")
-	fs.StringVar(&cfg.socket, "socket", "", "Unix socket `path` to listen on (default $RELAY_SOCKET, then "+ipc.DefaultSocket+")")
-	fs.StringVar(&socketMode, "socket-mode", "0660", "permission `mode` of the socket file (octal)")
-	fs.StringVar(&cfg.socketGroup, "socket-group", "", "group `name` that owns the socket file")
-	fs.StringArrayVar(&allowUIDs, "allow-uid", nil, "only let this `uid` connect (repeatable; default: anyone the socket mode lets in)")
-	fs.StringArrayVar(&allowGIDs, "allow-gid", nil, "also let peers with this primary `gid` connect (repeatable)")
-	fs.IntVar(&cfg.maxConns, "max-conns", 256, "most client connections open at once; more are answered busy and closed")
-	fs.DurationVar(&cfg.frameTimeout, "frame-timeout", 10*time.Second, "deadline from a request line's first byte to its newline, however slowly it comes; past it the connection is closed")
-	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 0, "close a connection with no partial line and nothing in flight after this long (0: idle connections may stay)")
-	fs.StringVar(&cfg.worker, "worker", "", "worker executable `path` (default: worker beside relayd, else ../libexec/relayd/worker)")
-	fs.StringArrayVar(&cfg.workerArgs, "worker-arg", nil, "argument passed to every worker (repeatable), e.g. --worker-arg=--delay=0s")
-	fs.StringArrayVar(&workerEnv, "worker-env", nil, "pass this environment variable `KEY` from relayd to workers (repeatable)")
-	fs.BoolVar(&faults, "allow-fault-injection", false, "let workers obey fault directives such as !crash (sets RELAY_FAULTS=1; for testing only)")
-	fs.IntVar(&cfg.maxWorkers, "max-workers", defaultMaxWorkers(), "most worker processes at once (64 per CPU: workers mostly wait, and one is a few MiB)")
-	fs.IntVar(&cfg.spares, "spares", 0, "workers to keep started and ready, so a message does not wait for a fork (default 0: a fresh fork per message, as in the tutorial)")
-	fs.IntVar(&cfg.maxRequests, "max-requests", 1, "messages one worker serves before it is replaced; above 1 trades isolation for speed")
-	fs.IntVar(&cfg.queue, "queue", 1024, "most messages waiting for a worker (enough for a burst of a thousand); more are answered busy at once")
-	fs.IntVar(&cfg.maxPerClient, "max-per-client", 64, "most messages of one connection in flight, so one client cannot fill the queue; more wait their turn")
-	fs.DurationVar(&cfg.messageTimeout, "message-timeout", 10*time.Second, "longest one attempt may take before its worker is stopped and the sender gets timeout")
-	fs.DurationVar(&cfg.killGrace, "kill-grace", 2*time.Second, "time between SIGTERM and SIGKILL when a worker is stopped")
-	fs.IntVar(&cfg.maxRestarts, "max-restarts", 2, "retries of a message whose worker failed, on fresh workers with backoff and a retry budget")
-	fs.DurationVar(&cfg.statsInterval, "stats-interval", 5*time.Second, "period of the stats log line (0 turns it off)")
-	fs.Var(&cfg.metricsAddr, "metrics-addr", "serve Prometheus metrics at /metrics on `addr`: unix:PATH (mode 0660) or a loopback HOST:PORT such as 127.0.0.1:9464 (port 0 picks a free one and logs it); off by default")
-	fs.DurationVar(&cfg.slowThreshold, "slow-threshold", time.Second, "log every message answered later than this, with where the time went (0 turns it off)")
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running workers may finish after SIGTERM")
-	fs.IntVar(&cfg.maxMessageBytes, "max-message-bytes", 1<<20, "longest request line; longer ones are answered too_large")
-	fs.DurationVar(&rlimitCPU, "worker-rlimit-cpu", 30*time.Second, "CPU time limit of a worker (RLIMIT_CPU, 3x the message timeout; 0 for none)")
-	fs.Uint64Var(&rlimitNofile, "worker-rlimit-nofile", 64, "open-file limit of a worker (RLIMIT_NOFILE: an echo needs a handful; 0 for relayd's own)")
-	fs.StringVar(&rlimitData, "worker-rlimit-data", "1GiB", "data-segment limit of a worker (RLIMIT_DATA: a Go worker runs in a few MiB, !oom stops here; e.g. 512MiB, \"unlimited\")")
-	fs.StringVar(&rlimitAS, "worker-rlimit-as", "unlimited", "address-space limit of a worker (RLIMIT_AS; Go reserves much address space, so leave it high)")
-	fs.StringVar(&workerUser, "worker-user", "", "run workers as this `user` (relayd must run as root)")
-	fs.StringVar(&workerGroup, "worker-group", "", "run workers with this `group` (default: the user's primary group)")
-	fs.StringVar(&cfg.logLevel, "log-level", "info", "log `level`: trace, debug, info, warn, error")
-	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&configPath, "config", "", "read settings from this HCL `file`: top-level keys are the long flag names, service \"NAME\" { … } blocks add services; flags given here win; SIGHUP re-reads it")
+	defineFlags(fs, cfg, rs)
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
 	help := fs.BoolP("help", "h", false, "show this help and exit")
 
@@ -137,21 +136,37 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	case fs.NArg() > 0:
 		return nil, cli.Usagef("unexpected argument %q", fs.Arg(0))
 	}
+	cfg.services = []*serviceConfig{rs}
+	rfs := fs
 	if configPath != "" {
-		if err := readConfig(fs, configPath); err != nil {
+		if err := readConfig(fs, cfg, configPath); err != nil {
 			return nil, err
 		}
 	}
-	cfg.values = make(map[string]string)
-	fs.VisitAll(func(f *pflag.Flag) { cfg.values[f.Name] = f.Value.String() })
+	cfg.values = values(rfs, global)
+	rs.values = values(rfs, perService)
+	for _, spec := range cfg.serviceFlags {
+		name, path, ok := strings.Cut(spec, "=")
+		if !ok || path == "" {
+			return nil, fmt.Errorf("--service %q: want NAME=PATH", spec)
+		}
+		if err := checkServiceName(name); err != nil {
+			return nil, fmt.Errorf("--service: %w", err)
+		}
+		if cfg.service(name) != nil {
+			return nil, fmt.Errorf("--service %s: service %q is already defined", spec, name)
+		}
+		s := &serviceConfig{name: name}
+		sfs := serviceFlags(s)
+		s.worker = path
+		s.values = values(sfs, perService)
+		cfg.services = append(cfg.services, s)
+	}
 
 	cfg.socket = ipc.ResolveSocket(cfg.socket, getenv)
-	if cfg.worker == "" {
-		cfg.worker = defaultWorker()
-	}
-	mode, err := strconv.ParseUint(socketMode, 8, 32)
+	mode, err := strconv.ParseUint(cfg.socketModeText, 8, 32)
 	if err != nil || mode > 0o777 {
-		return nil, fmt.Errorf("--socket-mode %q is not an octal permission mode", socketMode)
+		return nil, fmt.Errorf("--socket-mode %q is not an octal permission mode", cfg.socketModeText)
 	}
 	cfg.socketMode = os.FileMode(mode)
 	if cfg.logFormat != "text" && cfg.logFormat != "json" {
@@ -163,39 +178,85 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	for _, c := range []struct {
 		name string
 		v    int
-	}{{"--max-workers", cfg.maxWorkers}, {"--max-per-client", cfg.maxPerClient}, {"--max-message-bytes", cfg.maxMessageBytes}, {"--max-requests", cfg.maxRequests}} {
+	}{{"--max-per-client", cfg.maxPerClient}, {"--max-message-bytes", cfg.maxMessageBytes}} {
 		if c.v < 1 {
 			return nil, fmt.Errorf("%s must be at least 1", c.name)
+		}
+	}
+	if cfg.maxConns < 0 {
+		return nil, cli.Usagef("--max-conns must not be negative, not %d", cfg.maxConns)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--shutdown-timeout", cfg.shutdownTimeout}, {"--stats-interval", cfg.statsInterval}, {"--frame-timeout", cfg.frameTimeout}, {"--idle-timeout", cfg.idleTimeout}, {"--slow-threshold", cfg.slowThreshold}} {
+		if d.v < 0 {
+			return nil, cli.Usagef("%s must not be negative, not %v", d.name, d.v)
+		}
+	}
+	for _, s := range cfg.services {
+		if err := s.finish(getenv); err != nil {
+			if s.name == relayName {
+				return nil, err
+			}
+			return nil, fmt.Errorf("service %q: %w", s.name, err)
+		}
+	}
+	if cfg.authorize, err = authorizer(cfg.allowUIDs, cfg.allowGIDs); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// finish checks a service's settings and derives its worker environment, limits and
+// credential.
+func (s *serviceConfig) finish(getenv func(string) string) error {
+	if s.worker == "" {
+		if s.name != relayName {
+			return fmt.Errorf("worker is required: the path of the executable to run")
+		}
+		s.worker = defaultWorker()
+	}
+	switch s.transport {
+	case "stdio":
+	case "netrpc", "grpc":
+		return fmt.Errorf("transport %q: go-plugin workers are not served yet; use stdio", s.transport)
+	default:
+		return fmt.Errorf("transport %q: want stdio, netrpc or grpc", s.transport)
+	}
+	for _, c := range []struct {
+		name string
+		v    int
+	}{{"--max-workers", s.maxWorkers}, {"--max-requests", s.maxRequests}} {
+		if c.v < 1 {
+			return fmt.Errorf("%s must be at least 1", c.name)
 		}
 	}
 	for _, c := range []struct {
 		name string
 		v    int
-	}{{"--queue", cfg.queue}, {"--max-restarts", cfg.maxRestarts}, {"--max-conns", cfg.maxConns}, {"--spares", cfg.spares}} {
+	}{{"--queue", s.queue}, {"--max-restarts", s.maxRestarts}, {"--spares", s.spares}} {
 		if c.v < 0 {
-			return nil, cli.Usagef("%s must not be negative, not %d", c.name, c.v)
+			return fmt.Errorf("%s must not be negative, not %d", c.name, c.v)
 		}
 	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"--message-timeout", cfg.messageTimeout}, {"--kill-grace", cfg.killGrace}, {"--shutdown-timeout", cfg.shutdownTimeout}, {"--stats-interval", cfg.statsInterval}, {"--frame-timeout", cfg.frameTimeout}, {"--idle-timeout", cfg.idleTimeout}, {"--slow-threshold", cfg.slowThreshold}} {
+	}{{"--message-timeout", s.messageTimeout}, {"--kill-grace", s.killGrace}} {
 		if d.v < 0 {
-			return nil, cli.Usagef("%s must not be negative, not %v", d.name, d.v)
+			return fmt.Errorf("%s must not be negative, not %v", d.name, d.v)
 		}
 	}
-
-	cfg.workerEnv = workerEnvironment(faults, workerEnv, getenv)
-	if cfg.limits, err = workerLimits(rlimitCPU, rlimitNofile, rlimitData, rlimitAS); err != nil {
-		return nil, err
+	s.env = workerEnvironment(s.faults, s.envNames, getenv)
+	var err error
+	if s.limits, err = workerLimits(s.rlimitCPU, s.rlimitNofile, s.rlimitData, s.rlimitAS); err != nil {
+		return err
 	}
-	if cfg.credential, err = workerCredential(workerUser, workerGroup); err != nil {
-		return nil, err
+	if s.credential, err = workerCredential(s.workerUser, s.workerGroup); err != nil {
+		return err
 	}
-	if cfg.authorize, err = authorizer(allowUIDs, allowGIDs); err != nil {
-		return nil, err
-	}
-	return &cfg, nil
+	return nil
 }
 
 // workerEnvironment builds a worker's environment from scratch: nothing of relayd's reaches a
@@ -339,65 +400,54 @@ func hasCapability(c int) bool {
 	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
 }
 
-// readConfig sets every flag not given on the command line from a file of "name = value"
-// lines. Blank lines and lines starting with # are skipped; a repeatable flag may appear on
-// several lines.
-func readConfig(fs *pflag.FlagSet, path string) error {
-	b, err := os.ReadFile(path)
+// readConfig applies the HCL config file at path: top-level keys and the relay service's block
+// to fs (flags given on the command line win), other service blocks to services of their own.
+func readConfig(fs *pflag.FlagSet, cfg *config, path string) error {
+	cf, err := readConfigFile(path)
 	if err != nil {
-		return fmt.Errorf("reading config: %w", err)
+		return err
 	}
 	onCommandLine := map[string]bool{}
 	fs.Visit(func(f *pflag.Flag) { onCommandLine[f.Name] = true })
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
+	setByFile := map[string]hcl.Range{}
+	for _, a := range sortedAttrs(cf.top) {
+		setByFile[a.Name] = a.NameRange
+		if onCommandLine[a.Name] {
 			continue
 		}
-		name, value, ok := strings.Cut(line, "=")
-		name, value = strings.TrimSpace(name), strings.TrimSpace(value)
-		if unq, err := strconv.Unquote(value); err == nil {
-			value = unq
+		if err := setFromAttr(fs, a.Name, a); err != nil {
+			return err
 		}
-		f := fs.Lookup(name)
-		switch {
-		case !ok:
-			return fmt.Errorf("%s:%d: want \"name = value\", got %q", path, i+1, line)
-		case f == nil || name == "config" || name == "help" || name == "version":
-			return fmt.Errorf("%s:%d: unknown setting %q", path, i+1, name)
-		case onCommandLine[name]:
+	}
+	for _, b := range cf.services {
+		name := b.Labels[0]
+		if name == relayName {
+			for _, a := range sortedAttrs(b.Body.Attributes) {
+				st := blockSetting(a.Name)
+				if prev, ok := setByFile[st.name]; ok {
+					return posErrorf(a.NameRange, "%s is also set at the top level (line %d); the top-level keys configure relay", a.Name, prev.Start.Line)
+				}
+				if onCommandLine[st.name] {
+					continue
+				}
+				if err := setFromAttr(fs, st.name, a); err != nil {
+					return err
+				}
+			}
 			continue
 		}
-		if err := fs.Set(name, value); err != nil {
-			return fmt.Errorf("%s:%d: %s: %w", path, i+1, name, err)
+		s := &serviceConfig{name: name}
+		sfs := serviceFlags(s)
+		for _, a := range sortedAttrs(b.Body.Attributes) {
+			if err := setFromAttr(sfs, blockSetting(a.Name).name, a); err != nil {
+				return err
+			}
 		}
+		if s.worker == "" {
+			return posErrorf(b.LabelRanges[0], "service %q: worker is required: the path of the executable to run", name)
+		}
+		s.values = values(sfs, perService)
+		cfg.services = append(cfg.services, s)
 	}
 	return nil
-}
-
-// reloadable are the settings a SIGHUP applies without a restart: they govern what relayd
-// does from now on, not the socket or the process it runs as.
-var reloadable = map[string]bool{
-	"log-level": true, "message-timeout": true, "kill-grace": true, "shutdown-timeout": true,
-	"max-restarts": true, "max-workers": true, "queue": true, "slow-threshold": true,
-	"worker-arg": true, "worker-env": true, "allow-fault-injection": true,
-	"worker-rlimit-cpu": true, "worker-rlimit-nofile": true, "worker-rlimit-data": true, "worker-rlimit-as": true,
-}
-
-// diffSettings lists the settings whose values differ, split into those a reload applies and
-// those that need a restart.
-func diffSettings(old, new map[string]string) (apply, restart []string) {
-	for name, v := range new {
-		if old[name] == v {
-			continue
-		}
-		if reloadable[name] {
-			apply = append(apply, name)
-		} else {
-			restart = append(restart, name)
-		}
-	}
-	slices.Sort(apply)
-	slices.Sort(restart)
-	return apply, restart
 }

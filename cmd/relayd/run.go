@@ -3,12 +3,12 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -49,8 +49,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		// journald stamps every line itself.
 		DisableTime: getenv("JOURNAL_STREAM") != "",
 	})
-	if err := checkWorker(cfg.worker); err != nil {
-		log.Warn("the worker is not usable yet; relayd starts anyway, since it may appear later", "error", err)
+	for _, s := range cfg.services {
+		if err := checkWorker(s.worker); err != nil {
+			log.Warn("the worker is not usable yet; relayd starts anyway, since it may appear later", "service", s.name, "error", err)
+		}
 	}
 	mx, err := startMetrics(cfg, log)
 	if err != nil {
@@ -58,60 +60,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	defer mx.close()
 
-	host, err := supervisor.New(supervisor.Options{
-		Name:        "processes",
-		Path:        cfg.worker,
-		Args:        cfg.workerArgs,
-		Env:         cfg.workerEnv,
-		Limits:      cfg.limits,
-		Credential:  cfg.credential,
-		KillGrace:   cfg.killGrace,
-		Subreaper:   true,
-		Spares:      cfg.spares,
-		MaxRequests: cfg.maxRequests,
-		MaxIdle:     max(8, cfg.spares),
-		OnReady:     mx.onReady(),
-		Logger:      log.Named("worker"),
-	})
-	if err != nil {
-		return err
-	}
-	defer host.Close()
-
 	ln, err := listen(cfg, log)
 	if err != nil {
 		return err
 	}
 
-	var names supervisor.Registry[chan<- *relay.Message]
-	rl := relay.New(relay.Config{
-		Names:           names.Names,
-		Host:            host,
-		MaxWorkers:      cfg.maxWorkers,
-		Queue:           cfg.queue,
-		MessageTimeout:  cfg.messageTimeout,
-		KillGrace:       cfg.killGrace,
-		ShutdownTimeout: cfg.shutdownTimeout,
-		MaxRestarts:     cfg.maxRestarts,
-		Backoff:         supervisor.Backoff{Initial: 10 * time.Millisecond, Max: time.Second, Multiplier: 2, Jitter: 0.5},
-		ProbeBackoff:    supervisor.Backoff{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Multiplier: 2, Jitter: 0.2},
-		StatsInterval:   cfg.statsInterval,
-		SlowThreshold:   cfg.slowThreshold,
-		Budget:          mx.retryBudget(),
-		Observer:        mx.observer(),
-		OnStats: func(s relay.Stats) {
-			daemon.SdNotify(false, fmt.Sprintf("STATUS=messages=%d workers_spawned=%d in_flight=%d queued=%d restarts=%d",
-				s.Messages, s.WorkersSpawned, s.InFlight, s.Queued, s.Restarts))
-		},
-		WatchdogInterval: watchdogInterval(),
-		Watchdog:         func() { daemon.SdNotify(false, daemon.SdNotifyWatchdog) },
-		Logger:           log,
-	})
-	if err := names.Register(relay.Name, rl.Inbox()); err != nil {
-		return err
+	// A second SIGINT or SIGTERM during the drain stops every worker at once.
+	hard, cancelHard := context.WithCancel(context.Background())
+	defer cancelHard()
+	ss := newServices(hard, log, mx)
+	defer ss.closeHosts()
+	for _, sc := range cfg.services {
+		if err := ss.start(cfg, sc); err != nil {
+			ln.Close()
+			ss.stopAll()
+			return err
+		}
 	}
 	srv := relay.NewServer(relay.ServerConfig{
-		Lookup:          names.Lookup,
+		Lookup:          ss.names.Lookup,
 		MaxMessageBytes: cfg.maxMessageBytes,
 		MaxPerClient:    cfg.maxPerClient,
 		MaxConns:        cfg.maxConns,
@@ -121,20 +88,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		Observer:        mx.observer(),
 		Logger:          log,
 	})
-	mx.serve(rl, srv)
+	mx.serve(ss.live[relayName].rl, srv)
 
-	// A second SIGINT or SIGTERM during the drain stops every worker at once.
-	hard, cancelHard := context.WithCancel(context.Background())
-	defer cancelHard()
-	relayDone := make(chan error, 1)
-	go func() { relayDone <- rl.Run(hard) }()
+	// SIGHUP is taken before READY=1, so that a reload sent as soon as systemd sees relayd
+	// ready never meets the default action, which would end relayd.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(ln) }()
 	daemon.SdNotify(false, daemon.SdNotifyReady)
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	var serveErr error
 wait:
 	for {
@@ -144,11 +108,11 @@ wait:
 		case serveErr = <-serveDone:
 			break wait
 		case <-hup:
-			cfg = reload(cfg, args, getenv, log, host, rl)
+			cfg = reload(cfg, args, getenv, log, ss)
 		}
 	}
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
-	log.Info("shutting down", "in_flight", rl.Stats().InFlight)
+	log.Info("shutting down", "in_flight", ss.inFlight())
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -164,11 +128,10 @@ wait:
 	if serveErr == nil {
 		serveErr = <-serveDone
 	}
-	rl.CloseInbox()
-	<-relayDone
+	ss.stopAll()
 	cancelHard()
 	srv.Wait()
-	if err := host.Close(); err != nil {
+	if err := ss.closeHosts(); err != nil {
 		return err
 	}
 	log.Info("relay stopped")
@@ -176,44 +139,118 @@ wait:
 }
 
 // reload re-reads the flags and the config file on SIGHUP and applies what can change without
-// dropping the socket or in-flight work. On any error it keeps the old settings. It returns the
-// settings now in force.
-func reload(cfg *config, args []string, getenv func(string) string, log hclog.Logger, host *supervisor.Host, rl *relay.Relay) *config {
+// dropping the socket or in-flight work: settings as their row in the settings table says,
+// services added and removed. On any error it keeps the old settings. It returns the settings
+// now in force.
+func reload(cfg *config, args []string, getenv func(string) string, log hclog.Logger, ss *services) *config {
 	next, err := parseFlags(args, io.Discard, getenv)
 	if err != nil {
 		log.Error("reload failed; keeping the old settings", "error", err)
 		return cfg
 	}
-	apply, restart := diffSettings(cfg.values, next.values)
-	if len(restart) > 0 {
-		log.Warn("reload: these settings need a restart and were left as they are", "settings", strings.Join(restart, ","))
-		for _, name := range restart {
-			next.values[name] = cfg.values[name]
+	changes := diffValues("", cfg.values, next.values)
+	var added, removed []string
+	for _, s := range next.services {
+		old := cfg.service(s.name)
+		if old == nil {
+			added = append(added, s.name)
+			continue
+		}
+		changes = append(changes, diffValues(s.name, old.values, s.values)...)
+	}
+	for _, s := range cfg.services {
+		if next.service(s.name) == nil {
+			removed = append(removed, s.name)
 		}
 	}
-	if len(apply) == 0 {
+	var apply, restart []change
+	for _, c := range changes {
+		if c.applied == atRestart {
+			restart = append(restart, c)
+		} else {
+			apply = append(apply, c)
+		}
+	}
+	if len(restart) > 0 {
+		labels := make([]string, len(restart))
+		for i, c := range restart {
+			labels[i] = c.label()
+			// Keep comparing against what runs.
+			if c.service == "" {
+				next.values[c.name] = c.old
+			} else {
+				next.service(c.service).values[c.name] = c.old
+			}
+		}
+		log.Warn("reload: these settings need a restart and were left as they are", "settings", strings.Join(labels, ","))
+	}
+	if len(apply) == 0 && len(added) == 0 && len(removed) == 0 {
 		log.Info("reload: nothing to change")
-		return cfg
+		return next
 	}
-	log.SetLevel(hclog.LevelFromString(next.logLevel))
-	host.Reconfigure(supervisor.WorkerSpec{Args: next.workerArgs, Env: next.workerEnv, Limits: next.limits, KillGrace: next.killGrace})
-	rl.Reconfigure(relay.Settings{
-		MaxWorkers: next.maxWorkers, Queue: next.queue, MaxRestarts: next.maxRestarts,
-		MessageTimeout: next.messageTimeout, KillGrace: next.killGrace, ShutdownTimeout: next.shutdownTimeout,
-		SlowThreshold: next.slowThreshold,
-	})
-	changes := make([]any, 0, 2*len(apply))
-	for _, name := range apply {
-		changes = append(changes, name, cfg.values[name]+" -> "+next.values[name])
+	globalRelay := false
+	for _, c := range apply {
+		switch {
+		case c.applied == toLogger:
+			log.SetLevel(hclog.LevelFromString(next.logLevel))
+		case c.service == "":
+			globalRelay = true
+		}
 	}
-	log.Info("config reloaded", changes...)
-	// Keep what needs a restart as it runs; take the rest.
-	kept := *cfg
-	kept.values = next.values
-	kept.logLevel, kept.workerArgs, kept.workerEnv, kept.limits = next.logLevel, next.workerArgs, next.workerEnv, next.limits
-	kept.killGrace, kept.maxWorkers, kept.queue, kept.maxRestarts = next.killGrace, next.maxWorkers, next.queue, next.maxRestarts
-	kept.messageTimeout, kept.shutdownTimeout, kept.slowThreshold = next.messageTimeout, next.shutdownTimeout, next.slowThreshold
-	return &kept
+	for _, s := range next.services {
+		sv := ss.live[s.name]
+		if sv == nil {
+			continue
+		}
+		toR, toH := globalRelay, false
+		for _, c := range apply {
+			if c.service == s.name {
+				toR = toR || c.applied == toRelay || c.applied == toBoth
+				toH = toH || c.applied == toHost || c.applied == toBoth
+			}
+		}
+		if toH {
+			sv.host.Reconfigure(workerSpec(s))
+		}
+		if toR {
+			sv.rl.Reconfigure(relaySettings(next, s))
+		}
+	}
+	for _, name := range removed {
+		ss.retire(name)
+	}
+	for _, name := range added {
+		if err := ss.start(next, next.service(name)); err != nil {
+			log.Error("reload: starting a service", "service", name, "error", err)
+			next.services = slices.DeleteFunc(next.services, func(s *serviceConfig) bool { return s.name == name })
+		}
+	}
+	fields := make([]any, 0, 2*len(apply)+4)
+	for _, c := range apply {
+		fields = append(fields, c.label(), c.old+" -> "+c.new)
+	}
+	if len(added) > 0 {
+		fields = append(fields, "services_added", strings.Join(added, ","))
+	}
+	if len(removed) > 0 {
+		fields = append(fields, "services_removed", strings.Join(removed, ","))
+	}
+	log.Info("config reloaded", fields...)
+	return next
+}
+
+// relaySettings are the settings of a service's relay loop.
+func relaySettings(c *config, s *serviceConfig) relay.Settings {
+	return relay.Settings{
+		MaxWorkers: s.maxWorkers, Queue: s.queue, MaxRestarts: s.maxRestarts,
+		MessageTimeout: s.messageTimeout, KillGrace: s.killGrace,
+		ShutdownTimeout: c.shutdownTimeout, SlowThreshold: c.slowThreshold,
+	}
+}
+
+// workerSpec is what a service's host may change about the workers it starts.
+func workerSpec(s *serviceConfig) supervisor.WorkerSpec {
+	return supervisor.WorkerSpec{Args: s.workerArgs, Env: s.env, Limits: s.limits, KillGrace: s.killGrace}
 }
 
 func watchdogInterval() time.Duration {

@@ -225,12 +225,12 @@ func (w *worker) handle(line []byte) error {
 		return fmt.Errorf("decoding request: %w", err)
 	}
 	if req.Topic != topicEcho {
-		return w.replyError(req.ID, "unknown topic "+strconv.Quote(req.Topic))
+		return w.replyCode(req.ID, ipc.CodeUnknownTopic, "unknown topic "+strconv.Quote(req.Topic)+" (the echo worker has one topic: echo)")
 	}
 	// json.Unmarshal would take null for an empty string, so look at the value itself.
 	var text string
 	if len(req.Data) == 0 || req.Data[0] != '"' || json.Unmarshal(req.Data, &text) != nil {
-		return w.replyError(req.ID, "data of topic echo must be a JSON string")
+		return w.replyCode(req.ID, ipc.CodeBadRequest, "data of topic echo must be a JSON string")
 	}
 
 	// The delay stands for the work, so it comes before fault directives too.
@@ -267,9 +267,14 @@ func marshal(v any) ([]byte, error) {
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
-// replyError answers request id with an error.
+// replyError answers request id with an error of no particular code (worker_error).
 func (w *worker) replyError(id, msg string) error {
-	return w.writeLine(ipc.WorkerReply{ID: id, Error: msg})
+	return w.replyCode(id, "", msg)
+}
+
+// replyCode answers request id with an error with a code.
+func (w *worker) replyCode(id, code, msg string) error {
+	return w.writeLine(ipc.WorkerReply{ID: id, Error: &ipc.WorkerError{Code: code, Message: msg}})
 }
 
 // writeLine writes v as one JSON line to stdout and flushes it.

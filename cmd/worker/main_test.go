@@ -263,7 +263,7 @@ func (p *proc) reply() ipc.WorkerReply {
 func (p *proc) replyText(id string) string {
 	p.t.Helper()
 	r := p.reply()
-	if r.ID != id || r.Error != "" {
+	if r.ID != id || r.Error != nil {
 		p.t.Fatalf("reply = %+v, want data for id %q", r, id)
 	}
 	var s string
@@ -414,7 +414,7 @@ func TestEcho(t *testing.T) {
 				}
 			case tt.wantErr != "":
 				r := p.reply()
-				if r.ID != "req-1" || r.Data != nil || !strings.Contains(r.Error, tt.wantErr) {
+				if r.ID != "req-1" || r.Data != nil || r.Error == nil || !strings.Contains(r.Error.Message, tt.wantErr) {
 					t.Errorf("reply = %+v, want id req-1 and an error containing %q", r, tt.wantErr)
 				}
 			default:
@@ -498,7 +498,7 @@ func TestManyRequests(t *testing.T) {
 		t.Errorf("first reply = %q, want %q", got, "FIRST")
 	}
 	p.send("b", "echo", 7)
-	if r := p.reply(); r.ID != "b" || r.Error == "" {
+	if r := p.reply(); r.ID != "b" || r.Error == nil {
 		t.Errorf("second reply = %+v, want an error for id b", r)
 	}
 	p.send("c", "echo", "!sleep 1ms")

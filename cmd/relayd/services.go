@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/hashicorp/go-hclog"
+
+	"relayd/relay"
+	"relayd/supervisor"
+)
+
+// service is one running service: its host of worker processes and its relay loop.
+type service struct {
+	cfg  *serviceConfig
+	host *supervisor.Host
+	rl   *relay.Relay
+	done chan error // Run's result
+}
+
+// services are relayd's services and the name registry clients reach them through. Only run's
+// goroutine uses it; the registry is safe for the connections' readers.
+type services struct {
+	hard  context.Context
+	log   hclog.Logger
+	mx    *metricsEndpoint
+	names supervisor.Registry[chan<- *relay.Message]
+	live  map[string]*service
+	// all holds every service started, removed ones too: a removed service drains what it
+	// holds and its loop ends with the others'.
+	all []*service
+}
+
+func newServices(hard context.Context, log hclog.Logger, mx *metricsEndpoint) *services {
+	return &services{hard: hard, log: log, mx: mx, live: make(map[string]*service)}
+}
+
+// start starts a service's host and relay loop and registers its name.
+func (ss *services) start(c *config, s *serviceConfig) error {
+	log := ss.log
+	if s.name != relayName {
+		log = ss.log.With("service", s.name)
+	}
+	opts := supervisor.Options{
+		Name:        "processes",
+		Path:        s.worker,
+		Args:        s.workerArgs,
+		Env:         s.env,
+		Limits:      s.limits,
+		Credential:  s.credential,
+		KillGrace:   s.killGrace,
+		Subreaper:   true,
+		Spares:      s.spares,
+		MaxRequests: s.maxRequests,
+		MaxIdle:     max(8, s.spares),
+		Logger:      log.Named("worker"),
+	}
+	rc := relay.Config{
+		Name:          s.name,
+		Names:         ss.names.Names,
+		Backoff:       supervisor.Backoff{Initial: 10 * time.Millisecond, Max: time.Second, Multiplier: 2, Jitter: 0.5},
+		ProbeBackoff:  supervisor.Backoff{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Multiplier: 2, Jitter: 0.2},
+		StatsInterval: c.statsInterval,
+		Logger:        log,
+	}
+	if s.name == relayName {
+		// The relay service speaks for relayd to systemd and to the metrics, as it always has.
+		opts.OnReady = ss.mx.onReady()
+		rc.Budget = ss.mx.retryBudget()
+		rc.Observer = ss.mx.observer()
+		rc.OnStats = func(s relay.Stats) {
+			daemon.SdNotify(false, fmt.Sprintf("STATUS=messages=%d workers_spawned=%d in_flight=%d queued=%d restarts=%d",
+				s.Messages, s.WorkersSpawned, s.InFlight, s.Queued, s.Restarts))
+		}
+		rc.WatchdogInterval = watchdogInterval()
+		rc.Watchdog = func() { daemon.SdNotify(false, daemon.SdNotifyWatchdog) }
+	}
+	st := relaySettings(c, s)
+	rc.MaxWorkers, rc.Queue, rc.MaxRestarts = st.MaxWorkers, st.Queue, st.MaxRestarts
+	rc.MessageTimeout, rc.KillGrace, rc.ShutdownTimeout, rc.SlowThreshold = st.MessageTimeout, st.KillGrace, st.ShutdownTimeout, st.SlowThreshold
+
+	host, err := supervisor.New(opts)
+	if err != nil {
+		return err
+	}
+	rc.Host = host
+	sv := &service{cfg: s, host: host, rl: relay.New(rc), done: make(chan error, 1)}
+	if err := ss.names.Register(s.name, sv.rl.Inbox()); err != nil {
+		host.Close()
+		return err
+	}
+	ss.live[s.name] = sv
+	ss.all = append(ss.all, sv)
+	go func() { sv.done <- sv.rl.Run(ss.hard) }()
+	return nil
+}
+
+// retire removes a service's name: messages to it are answered unknown_name from now on, and
+// it finishes what it holds.
+func (ss *services) retire(name string) {
+	sv := ss.live[name]
+	if sv == nil {
+		return
+	}
+	ss.names.Unregister(name)
+	delete(ss.live, name)
+	sv.rl.Retire()
+}
+
+// inFlight counts messages with a running worker, over every service.
+func (ss *services) inFlight() int64 {
+	var n int64
+	for _, sv := range ss.all {
+		n += sv.rl.Stats().InFlight
+	}
+	return n
+}
+
+// stopAll closes every relay's inbox, once no connection reads any more, and waits until each
+// has answered what it took. It may be called once.
+func (ss *services) stopAll() {
+	for _, sv := range ss.all {
+		sv.rl.CloseInbox()
+	}
+	for _, sv := range ss.all {
+		<-sv.done
+	}
+}
+
+// closeHosts closes every service's host, after stopAll; closing twice is harmless.
+func (ss *services) closeHosts() error {
+	var first error
+	for _, sv := range ss.all {
+		if err := sv.host.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
