@@ -106,7 +106,8 @@ func helperCmd(t testing.TB, action string, args ...string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, args...)
-	cmd.Env = []string{helperEnv + "=" + action, "PATH=/usr/bin:/bin"}
+	// The race runtime would pause a second at every helper exit.
+	cmd.Env = []string{helperEnv + "=" + action, "PATH=/usr/bin:/bin", "GORACE=atexit_sleep_ms=0"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
