@@ -109,6 +109,13 @@ func TestNotify(t *testing.T) {
 		}
 	}
 	next("READY=1")
+	// A reload asked for the moment relayd is ready must not kill it (SIGHUP's default action):
+	// systemctl reload may come right after systemd sees READY=1.
+	for range 20 {
+		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatalf("relayd gone after a SIGHUP right after READY=1: %v; log:\n%s", err, log)
+		}
+	}
 	// READY means the socket accepts: connect at once, without waiting.
 	c, err := net.Dial("unix", sock)
 	if err != nil {

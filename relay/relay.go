@@ -334,9 +334,9 @@ func workerError(pid int, we *ipc.WorkerError) *ipc.Error {
 func (r *Relay) exited(ev supervisor.Event) {
 	if ex := ev.Exit; ex != nil {
 		r.logExit(ex, ev.Job)
-		if ex.Reason.Kind == supervisor.ReasonSpawnFailed {
+		if ex.CannotStart() {
 			r.spawnFailed(ex)
-		} else if r.unavailable {
+		} else if ex.Ready && r.unavailable {
 			r.unavailable = false
 			r.log.Info("workers can be started again", "after_failures", r.probeFails)
 			r.probeFails = 0
@@ -362,10 +362,14 @@ func (r *Relay) exited(ev supervisor.Event) {
 	case ex == nil:
 		// Cannot happen: a worker that lives on has replied. Answer rather than lose it.
 		m.Fail(ipc.Errorf(ipc.CodeInternal, "worker %d ended the job without a reply", ev.PID))
-	case ex.Reason.Kind == supervisor.ReasonSpawnFailed:
+	case ex.Reason.Transient():
+		// Out of descriptors, processes or memory for a moment: this message only.
+		m.Fail(ipc.Errorf(ipc.CodeBusy, "no resources to start a worker now: %s", ex.Describe()))
+	case ex.CannotStart():
 		m.Fail(ipc.Errorf(ipc.CodeUnavailable, "%s", ex.Describe()))
 	case ex.Reason.Kind == supervisor.ReasonTimeout:
-		m.Fail(ipc.Errorf(ipc.CodeTimeout, "worker %d did not answer within %s", ex.PID, r.cfg.MessageTimeout))
+		// The deadline the attempt ran under, which a reload since may have changed.
+		m.Fail(ipc.Errorf(ipc.CodeTimeout, "worker %d did not answer within %s", ex.PID, ev.Job.Timeout))
 	case ex.Reason.Kind == supervisor.ReasonKilled:
 		m.Fail(ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down; worker %d was stopped", ex.PID))
 	case m.attempts <= r.cfg.MaxRestarts && !r.draining && r.cfg.Budget.Allow():
@@ -444,6 +448,9 @@ func (r *Relay) spawnFailed(ex *supervisor.Exit) {
 	delay := r.cfg.ProbeBackoff.Delay(r.probeFails, r.cfg.Rand)
 	r.probeAt = time.Now().Add(delay)
 	r.spawnErr = errText(ex.Err)
+	if ex.Reason.Kind != supervisor.ReasonSpawnFailed {
+		r.spawnErr = ex.Describe()
+	}
 	if !r.unavailable {
 		r.unavailable = true
 		r.log.Error("spawn failed", "error", r.spawnErr, "next_try", delay.Round(time.Millisecond))

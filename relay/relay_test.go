@@ -3,8 +3,12 @@ package relay
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -83,6 +87,27 @@ func (h *harness) stop() {
 	h.done = nil
 	h.cancel()
 	h.host.Close()
+}
+
+// waitBusy waits until n workers have a job, so that a test can act while messages run.
+func (h *harness) waitBusy(n int) {
+	h.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		busy := 0
+		for _, w := range h.host.Workers() {
+			if w.Job != nil {
+				busy++
+			}
+		}
+		if busy >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%d of %d workers busy after 15s", busy, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // send delivers one message and returns a channel with its answers (there must be exactly one).
@@ -241,7 +266,7 @@ func TestRetryBudgetStopsCrashStorm(t *testing.T) {
 func TestDrainAnswersEverything(t *testing.T) {
 	h := startRelay(t, supervisor.Options{Args: []string{"--delay=200ms"}}, Config{MaxWorkers: 1, Queue: 8, ShutdownTimeout: 5 * time.Second})
 	running := h.send(TopicEcho, "first")
-	time.Sleep(50 * time.Millisecond)
+	h.waitBusy(1)
 	queued := []<-chan ipc.Reply{h.send(TopicEcho, "second"), h.send(TopicEcho, "third")}
 	h.stop()
 	if r := waitAnswer(t, running); r.Error != nil || string(r.Data) != `"FIRST"` {
@@ -257,7 +282,7 @@ func TestDrainAnswersEverything(t *testing.T) {
 func TestShutdownTimeoutStopsWorkers(t *testing.T) {
 	h := startRelay(t, supervisor.Options{}, Config{ShutdownTimeout: 200 * time.Millisecond, MessageTimeout: time.Minute})
 	answers := h.send(TopicEcho, "!hang")
-	time.Sleep(100 * time.Millisecond)
+	h.waitBusy(1)
 	start := time.Now()
 	h.stop()
 	if got := code(waitAnswer(t, answers)); got != ipc.CodeShuttingDown {
@@ -325,5 +350,66 @@ func TestSlowMessagesAreExplained(t *testing.T) {
 		if !strings.Contains(log, field) {
 			t.Errorf("slow message log lacks %q (the reply took the worker's 150ms delay):\n%s", field, log)
 		}
+	}
+}
+
+// TestWorkerThatCannotGetReadyIsUnavailable runs a worker that exits before its ready line (a
+// bad argument): like a missing executable, that is unavailable, logged once, not retried.
+func TestWorkerThatCannotGetReadyIsUnavailable(t *testing.T) {
+	h := startRelay(t, supervisor.Options{Args: []string{"--bogus"}}, Config{MaxRestarts: 2})
+	for i := range 5 {
+		r := waitAnswer(t, h.send(TopicEcho, "x"))
+		if got := code(r); got != ipc.CodeUnavailable {
+			t.Fatalf("message %d: code = %q (%v), want unavailable", i, got, r.Error)
+		}
+		if i == 0 && !strings.Contains(r.Error.Message, "exited with status 1 before its ready line") {
+			t.Errorf("message = %q, want the reason", r.Error.Message)
+		}
+	}
+	h.stop()
+	if n := strings.Count(h.logs.String(), "spawn failed"); n != 1 {
+		t.Errorf("logged %q %d times, want once:\n%s", "spawn failed", n, h.logs)
+	}
+	if n := h.host.Spawned(); n != 1 {
+		t.Errorf("%d workers forked, want 1: no retries, and the rest answered at once", n)
+	}
+}
+
+// TestTransientSpawnFailureIsBusy fails forks with EMFILE: that message is busy, and the relay
+// does not turn unavailable.
+func TestTransientSpawnFailureIsBusy(t *testing.T) {
+	var fail atomic.Bool
+	fail.Store(true)
+	h := startRelay(t, supervisor.Options{WrapCommand: func(*exec.Cmd) error {
+		if fail.Load() {
+			return fmt.Errorf("making a pipe: %w", syscall.EMFILE)
+		}
+		return nil
+	}}, Config{})
+	r := waitAnswer(t, h.send(TopicEcho, "x"))
+	if got := code(r); got != ipc.CodeBusy || !strings.Contains(r.Error.Message, "too many open files") {
+		t.Fatalf("code = %q (%v), want busy naming the shortage", got, r.Error)
+	}
+	fail.Store(false)
+	if r := waitAnswer(t, h.send(TopicEcho, "y")); r.Error != nil {
+		t.Fatalf("next message: %v, want its reply (no unavailable state)", r.Error)
+	}
+}
+
+// TestTimeoutQuotesItsDeadline reloads a longer message timeout while a message runs under the
+// old one: its answer quotes the deadline it ran under.
+func TestTimeoutQuotesItsDeadline(t *testing.T) {
+	h := startRelay(t, supervisor.Options{}, Config{MessageTimeout: 300 * time.Millisecond})
+	answers := h.send(TopicEcho, "!hang")
+	h.waitBusy(1)
+	h.relay.Reconfigure(Settings{MaxWorkers: 8, Queue: 64, MessageTimeout: time.Minute})
+	var r ipc.Reply
+	select {
+	case r = <-answers:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no answer:\n%s", h.logs)
+	}
+	if got := code(r); got != ipc.CodeTimeout || !strings.Contains(r.Error.Message, "within 300ms") {
+		t.Errorf("answer = %q %v, want timeout quoting 300ms\n%s", got, r.Error, h.logs)
 	}
 }

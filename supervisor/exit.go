@@ -78,6 +78,8 @@ type Exit struct {
 	CoreDumped bool
 
 	Reason Reason
+	// Ready reports that its ready frame arrived: it got as far as serving.
+	Ready bool
 	// Replied reports whether the worker answered the request it had when it ended.
 	Replied bool
 	// Served counts the requests it answered.
@@ -86,6 +88,35 @@ type Exit struct {
 	PeakRSS int64
 	// Err says what went wrong, for spawn and protocol failures.
 	Err error
+}
+
+// CannotStart reports a worker that could not get to its ready frame on its own: its
+// executable could not be started, or it exited, died or broke the protocol before its ready
+// frame without relayd stopping it (a deadline or a shutdown). Such a worker says nothing about
+// its message and everything about its command line or installation, so it is answered
+// unavailable rather than retried.
+func (e *Exit) CannotStart() bool {
+	switch e.Reason.Kind {
+	case ReasonSpawnFailed:
+		return !e.Reason.Transient()
+	case ReasonTimeout, ReasonKilled:
+		return false
+	}
+	return !e.Ready
+}
+
+// Transient reports a spawn failure for want of a resource that may be free again in a
+// moment — descriptors (EMFILE, ENFILE), processes or memory (EAGAIN, ENOMEM) — as opposed to a
+// worker that cannot be started at all.
+func (r Reason) Transient() bool {
+	if r.Kind != ReasonSpawnFailed {
+		return false
+	}
+	switch r.Errno {
+	case unix.EMFILE, unix.ENFILE, unix.EAGAIN, unix.ENOMEM:
+		return true
+	}
+	return false
 }
 
 // Result describes the exit as a sentence, e.g. "killed by signal SIGSEGV" or "exited with status 1".
@@ -106,6 +137,13 @@ func (e *Exit) Result() string {
 
 // Describe explains an abnormal end for the sender, e.g. "worker 48213 killed by signal SIGSEGV".
 func (e *Exit) Describe() string {
+	if e.Reason.Kind != ReasonSpawnFailed && e.CannotStart() {
+		return e.describe() + " before its ready line"
+	}
+	return e.describe()
+}
+
+func (e *Exit) describe() string {
 	switch e.Reason.Kind {
 	case ReasonSpawnFailed:
 		return "worker " + e.Result()
@@ -126,9 +164,11 @@ func errString(err error) string {
 
 // classify fills in the exit's status fields and reason from the wait status. stopped is the
 // reason relayd itself stopped the worker for (timeout or killed), if it did; protoErr is the
-// malformed line relayd saw, if any. The first that applies wins: stopped, protocol, signal,
-// non-zero status, no reply, normal.
-func (e *Exit) classify(ws syscall.WaitStatus, stopped *Reason, protoErr error) {
+// malformed line relayd saw, if any; owedReply says the worker still owed a reply (it had a job
+// it did not answer — whether or not it served others before — or went on its own before
+// serving anything). The first that applies wins: stopped, protocol, signal, non-zero status,
+// no reply, normal.
+func (e *Exit) classify(ws syscall.WaitStatus, stopped *Reason, protoErr error, owedReply bool) {
 	e.ExitCode = -1
 	switch {
 	case ws.Exited():
@@ -146,7 +186,7 @@ func (e *Exit) classify(ws syscall.WaitStatus, stopped *Reason, protoErr error) 
 		e.Reason = Reason{Kind: ReasonSignal, Signal: e.Signal}
 	case e.ExitCode != 0:
 		e.Reason = Reason{Kind: ReasonExit, Code: e.ExitCode}
-	case !e.Replied && e.Served == 0:
+	case owedReply:
 		e.Reason, e.Err = Reason{Kind: ReasonProtocol}, ErrNoReply
 	default:
 		e.Reason = Reason{Kind: ReasonNormal}

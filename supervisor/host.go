@@ -20,9 +20,6 @@ import (
 	"relayd/ipc"
 )
 
-// ErrNoReply reports a worker that exited 0 without answering its request.
-var ErrNoReply = errors.New("exited without a reply")
-
 // Options configures a Host.
 type Options struct {
 	// Name is the host's name in replies ("processes", as in the tutorial).
@@ -57,6 +54,16 @@ type Options struct {
 	// OnReady, if set, is told how long each worker took from fork to its ready line.
 	OnReady func(time.Duration)
 	Logger  hclog.Logger
+
+	// Transport carries the protocol to each worker; nil means Stdio (NDJSON on stdin and
+	// stdout) with MaxLineBytes.
+	Transport Transport
+	// WrapCommand, if set, may change a worker's command just before it is forked: its Path
+	// and Args (to run the worker through a pre-exec stage of one's own, such as a sandbox
+	// helper that re-executes itself and then the worker), its Env and its SysProcAttr. The
+	// command arrives complete (environment, process group, Pdeathsig, credential, the
+	// transport's descriptors and stderr). An error fails the start as spawn_failed.
+	WrapCommand func(cmd *exec.Cmd) error
 }
 
 // Job is one request for a worker process.
@@ -67,7 +74,7 @@ type Job struct {
 	Attempt int
 	// Timeout bounds the job; at expiry its worker is stopped with ReasonTimeout. Zero: none.
 	Timeout time.Duration
-	// OnReply is called once, from the worker's monitor goroutine, when the worker answers.
+	// OnReply is called once, from the worker's own goroutine, when the worker answers.
 	OnReply func(pid int, reply ipc.WorkerReply)
 	// Tag is the caller's own; the Job comes back in its Event.
 	Tag any
@@ -98,20 +105,27 @@ type Event struct {
 // Host owns worker processes: it starts them, talks the worker protocol with them, and reports
 // each job's and each process's end as an Event. It is the tutorial's "processes" host.
 type Host struct {
-	opts     Options
-	log      hclog.Logger
-	events   chan Event
-	spawnq   chan spawnRequest
-	refillc  chan struct{}
-	done     chan struct{}
-	idle     idlePool
-	starting atomic.Int64 // spares forked and not yet ready (or dead)
-	workers  sync.WaitGroup
-	bg       sync.WaitGroup // spawner threads, the sweeper and the spare refiller
-	spawned  atomic.Uint64
-	spec     atomic.Pointer[WorkerSpec]
-	mu       sync.Mutex  // orders the refiller's forks before Close's wait
-	closed   atomic.Bool // set under mu
+	opts    Options
+	log     hclog.Logger
+	events  chan Event
+	spawnq  chan spawnRequest
+	done    chan struct{}
+	pool    pool
+	workers sync.WaitGroup
+	bg      sync.WaitGroup // spawner threads, the sweeper and the spare refiller
+	spawned atomic.Uint64
+	spec    atomic.Pointer[WorkerSpec]
+	mu      sync.Mutex  // orders the refiller's forks before Close's wait
+	closed  atomic.Bool // set under mu
+	// stopping is set by Stop: every worker forked from then on is stopped as soon as it is
+	// forked (checked in fork), so a worker between Spawn and fork cannot outlive a Stop.
+	stopping atomic.Pointer[stopOrder]
+}
+
+// stopOrder is how Stop stops workers.
+type stopOrder struct {
+	reason Reason
+	grace  time.Duration
 }
 
 // New starts a Host. Close releases it.
@@ -140,15 +154,17 @@ func New(opts Options) (*Host, error) {
 	if opts.MaxRequests > 1 {
 		idleCap += max(opts.MaxIdle, 1)
 	}
-	h := &Host{
-		opts:    opts,
-		log:     opts.Logger,
-		events:  make(chan Event, 1024),
-		spawnq:  make(chan spawnRequest),
-		refillc: make(chan struct{}, 1),
-		done:    make(chan struct{}),
-		idle:    idlePool{cap: idleCap},
+	if opts.Transport == nil {
+		opts.Transport = Stdio{MaxLineBytes: opts.MaxLineBytes}
 	}
+	h := &Host{
+		opts:   opts,
+		log:    opts.Logger,
+		events: make(chan Event, 1024),
+		spawnq: make(chan spawnRequest),
+		done:   make(chan struct{}),
+	}
+	h.pool = pool{h: h, spares: opts.Spares, cap: idleCap, refillc: make(chan struct{}, 1)}
 	h.spec.Store(&WorkerSpec{Args: opts.Args, Env: opts.Env, Limits: opts.Limits, KillGrace: opts.KillGrace})
 	// Pdeathsig fires when the thread that forked the child ends, not the process, so workers
 	// are forked only from threads that live as long as the Host.
@@ -163,8 +179,8 @@ func New(opts Options) (*Host, error) {
 	}
 	if opts.Spares > 0 {
 		h.bg.Add(1)
-		go h.refiller()
-		h.refill()
+		go h.pool.refiller()
+		h.pool.refill()
 	}
 	return h, nil
 }
@@ -178,8 +194,12 @@ type WorkerSpec struct {
 }
 
 // Reconfigure applies spec to workers started from now on (and KillGrace to every stop from
-// now on); running workers keep what they were started with.
-func (h *Host) Reconfigure(spec WorkerSpec) { h.spec.Store(&spec) }
+// now on); running workers keep what they were started with. Spares paused because one could
+// not start are tried again: the new settings may be what they lacked.
+func (h *Host) Reconfigure(spec WorkerSpec) {
+	h.spec.Store(&spec)
+	h.pool.resume()
+}
 
 func (h *Host) killGrace() time.Duration { return h.spec.Load().KillGrace }
 
@@ -194,7 +214,7 @@ func (h *Host) Events() <-chan Event { return h.events }
 func (h *Host) Spawned() uint64 { return h.spawned.Load() }
 
 // Idle counts workers that are ready and wait for a job (spares included).
-func (h *Host) Idle() int { return h.idle.len() }
+func (h *Host) Idle() int { return h.pool.len() }
 
 // Spawn hands job to a worker and returns at once: to an idle one that is ready (a spare, or
 // one that may serve more requests) if there is one and this is a first attempt, else to a
@@ -202,13 +222,11 @@ func (h *Host) Idle() int { return h.idle.len() }
 func (h *Host) Spawn(job *Job) {
 	if job.Attempt <= 1 {
 		for {
-			p := h.idle.take()
-			if p == nil {
+			w := h.pool.take()
+			if w == nil {
 				break
 			}
-			// A spare's replacement is forked after its reply, not now: on a small machine the
-			// fork would compete with this message for the CPU.
-			if p.assign(job) {
+			if w.assign(job) {
 				return
 			}
 		}
@@ -218,8 +236,11 @@ func (h *Host) Spawn(job *Job) {
 }
 
 // Stop stops every live worker with reason: SIGTERM to its process group, then SIGKILL after
-// grace (at once when grace is zero).
+// grace (at once when grace is zero). The Host is stopping from then on: a worker forked later
+// (for a job spawned before or after) is stopped the same way as soon as it is forked, and no
+// spare is forked again. The first Stop's reason and grace are the ones that last.
 func (h *Host) Stop(reason Reason, grace time.Duration) {
+	h.stopping.CompareAndSwap(nil, &stopOrder{reason: reason, grace: grace})
 	for _, p := range trackedProcs() {
 		if p.host == h {
 			p.stop(reason, grace)
@@ -227,7 +248,7 @@ func (h *Host) Stop(reason Reason, grace time.Duration) {
 	}
 }
 
-// Close kills any worker still alive, waits for every monitor, spawner and sweeper goroutine to
+// Close kills any worker still alive, waits for every worker, spawner and sweeper goroutine to
 // end, and reaps what the workers left behind. Events not yet received are discarded.
 func (h *Host) Close() error {
 	h.mu.Lock()
@@ -256,36 +277,8 @@ func (h *Host) Close() error {
 	return nil
 }
 
-// refill asks the refiller to top up the spares.
-func (h *Host) refill() {
-	select {
-	case h.refillc <- struct{}{}:
-	default:
-	}
-}
-
-// refiller keeps Spares workers ready, forking the missing ones concurrently (the spawner
-// threads bound how many fork at once).
-func (h *Host) refiller() {
-	defer h.bg.Done()
-	for {
-		select {
-		case <-h.done:
-			return
-		case <-h.refillc:
-		}
-		h.mu.Lock()
-		for missing := h.opts.Spares - h.idle.len() - int(h.starting.Load()); missing > 0 && !h.closed.Load(); missing-- {
-			h.starting.Add(1)
-			h.workers.Add(1)
-			go h.life(nil, true)
-		}
-		h.mu.Unlock()
-	}
-}
-
-// life is the life of one worker process: start it, give it its jobs, report their ends and
-// its EXIT. job is its first job; a spare starts without one.
+// life is the life of one worker process: fork it, run its state machine, report its EXIT.
+// job is its first job; a spare starts without one.
 func (h *Host) life(job *Job, spare bool) {
 	defer h.workers.Done()
 	ex := &Exit{Started: time.Now(), ExitCode: -1}
@@ -293,11 +286,9 @@ func (h *Host) life(job *Job, spare bool) {
 	if job != nil {
 		attempt = job.Attempt
 	}
-	p, err := h.start(attempt)
+	p, conn, err := h.start(attempt)
 	if err != nil {
-		if spare {
-			h.starting.Add(-1)
-		}
+		h.pool.spawnFailed(spare)
 		ex.Reason = Reason{Kind: ReasonSpawnFailed, Errno: errnoOf(err)}
 		ex.Err = err
 		if p != nil {
@@ -305,6 +296,7 @@ func (h *Host) life(job *Job, spare bool) {
 			p.stop(ex.Reason, 0)
 			p.wait()
 			p.closePipes()
+			conn.Close()
 		}
 		ex.Duration = time.Since(ex.Started)
 		if spare {
@@ -313,19 +305,13 @@ func (h *Host) life(job *Job, spare bool) {
 		h.events <- Event{PID: ex.PID, Job: job, Exit: ex}
 		return
 	}
-	p.spare, p.unready = spare, spare
 	ex.PID = p.pid
-	h.monitor(p, job, ex)
-	if p.unready {
-		h.starting.Add(-1) // It died before it was ready.
-	}
-	if p.spare {
-		h.refill() // A spare died waiting: replace it.
-	}
+	newWorker(h, p, conn, ex, spare).run(job)
 }
 
-// start forks a worker and applies its limits.
-func (h *Host) start(attempt int) (*proc, error) {
+// start forks a worker, wires its transport and applies its limits. Where the process is
+// forked: fork, in proc.go, on a spawner thread.
+func (h *Host) start(attempt int) (*proc, Conn, error) {
 	spec := h.spec.Load()
 	cmd := exec.Command(h.opts.Path, spec.Args...)
 	cmd.Env = append(slices.Clip(spec.Env), "RELAY_ATTEMPT="+strconv.Itoa(attempt))
@@ -334,55 +320,39 @@ func (h *Host) start(attempt int) (*proc, error) {
 		Pdeathsig:  syscall.SIGKILL,
 		Credential: h.opts.Credential,
 	}
-	p := &proc{host: h, cmd: cmd, jobs: make(chan *Job, 1)}
-	var child [3]*os.File
-	var err error
-	if p.stdin, child[0], err = pipe(false); err != nil {
-		return nil, fmt.Errorf("starting worker %q: %w", h.opts.Path, err)
-	}
-	if p.stdout, child[1], err = pipe(true); err == nil {
-		p.stderr, child[2], err = pipe(true)
-	}
+	p := &proc{host: h, cmd: cmd}
+	conn, err := h.opts.Transport.Prepare(cmd)
 	if err != nil {
-		closeAll(child[:]...)
-		p.closePipes()
-		return nil, fmt.Errorf("starting worker %q: %w", h.opts.Path, err)
+		return nil, nil, fmt.Errorf("starting worker %q: %w", h.opts.Path, err)
 	}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = child[0], child[1], child[2]
-	done := make(chan error, 1)
-	h.spawnq <- spawnRequest{p: p, done: done}
-	err = <-done
-	closeAll(child[:]...)
+	var childErr *os.File
+	if p.stderr, childErr, err = pipe(true); err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("starting worker %q: %w", h.opts.Path, err)
+	}
+	cmd.Stderr = childErr
+	if h.opts.WrapCommand != nil {
+		err = h.opts.WrapCommand(cmd)
+	}
+	if err == nil {
+		done := make(chan error, 1)
+		h.spawnq <- spawnRequest{p: p, done: done}
+		err = <-done
+	}
+	childErr.Close()
 	if err != nil {
+		conn.Close()
 		p.closePipes()
-		return nil, fmt.Errorf("starting worker %q: %w", h.opts.Path, err)
+		return nil, nil, fmt.Errorf("starting worker %q: %w", h.opts.Path, err)
 	}
 	h.spawned.Add(1)
+	if err := conn.Forked(p.pid); err != nil {
+		return p, conn, fmt.Errorf("connecting to worker %d: %w", p.pid, err)
+	}
 	if err := applyLimits(p.pid, spec.Limits); err != nil {
-		return p, fmt.Errorf("limiting worker %d: %w", p.pid, err)
+		return p, conn, fmt.Errorf("limiting worker %d: %w", p.pid, err)
 	}
-	return p, nil
-}
-
-// pipe makes a pipe for a worker's stdin (parentReads false) or stdout or stderr. The parent's
-// end is non-blocking and served by the runtime's poller; the child's end stays blocking, as
-// programs expect of their standard descriptors, and is never registered with the poller
-// (os.Pipe would register both ends, and exec would then make the child's blocking again).
-func pipe(parentReads bool) (parent, child *os.File, err error) {
-	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
-		return nil, nil, err
-	}
-	pfd, cfd := fds[1], fds[0]
-	if parentReads {
-		pfd, cfd = fds[0], fds[1]
-	}
-	if err := unix.SetNonblock(pfd, true); err != nil {
-		unix.Close(pfd)
-		unix.Close(cfd)
-		return nil, nil, err
-	}
-	return os.NewFile(uintptr(pfd), "worker-pipe"), os.NewFile(uintptr(cfd), "worker-pipe"), nil
+	return p, conn, nil
 }
 
 type spawnRequest struct {
@@ -401,180 +371,14 @@ func (h *Host) spawner() {
 	// The thread ends with this goroutine, and its workers are gone by now.
 }
 
-// monitor talks the protocol with a started worker: it writes each job's request (the first
-// one at once, before the ready line arrives, which saves a round trip; the ready line is still
-// checked), hands each reply to its job, and watches the worker until it has exited and its
-// output is drained. It reports every job's end and finally the worker's EXIT.
-func (h *Host) monitor(p *proc, job *Job, ex *Exit) {
-	var aux sync.WaitGroup
-	lines := make(chan lineOrErr, 4)
-	aux.Add(3)
-	go func() { defer aux.Done(); readLines(p.stdout, h.opts.MaxLineBytes, lines) }()
-	stderrDone := make(chan struct{})
-	go func() { defer aux.Done(); defer close(stderrDone); h.forwardStderr(p) }()
-	waited := make(chan syscall.WaitStatus, 1)
-	go func() {
-		defer aux.Done()
-		ws := p.wait()
-		// What the worker left behind was re-parented here as it exited: kill and reap it
-		// now, which also ends any hold a leftover has on the worker's pipes.
-		if h.opts.Subreaper {
-			h.sweep(false)
-		}
-		waited <- ws
-	}()
-
-	var protoErr error
-	fail := func(err error) {
-		if protoErr == nil {
-			protoErr = err
-			p.stop(Reason{Kind: ReasonProtocol}, 0)
-		}
-	}
-	cur, replied := job, false
-	var readyAt time.Time
-	p.setJob(cur)
-	send := func(j *Job) {
-		if j.Timeout > 0 {
-			p.setDeadline(j.Timeout)
-		}
-		j.Timing.Forked, j.Timing.Ready = p.started, readyAt
-		req, err := json.Marshal(ipc.WorkerRequest{ID: j.ID, Topic: j.Topic, Data: j.Data})
-		if err == nil {
-			_, err = p.stdin.Write(append(req, '\n'))
-		}
-		j.Timing.Written = time.Now()
-		// EPIPE means it is gone already; its exit says why.
-		if err != nil && !errors.Is(err, syscall.EPIPE) {
-			fail(fmt.Errorf("writing request: %w", err))
-		}
-	}
-	if cur != nil {
-		send(cur)
-	}
-
-	ready, retired := false, false
-	jobs := p.jobs
-	var ws syscall.WaitStatus
-	var drain <-chan time.Time
-	for lines != nil || waited != nil {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				lines = nil
-				continue
-			}
-			switch {
-			case l.err != nil:
-				fail(fmt.Errorf("reading output: %w", l.err))
-			case !ready:
-				var r ipc.Ready
-				if err := json.Unmarshal(l.line, &r); err != nil || !r.Ready {
-					fail(fmt.Errorf("want a ready line, got %q", clip(l.line, 80)))
-				} else if r.Protocol != ipc.ProtocolVersion {
-					fail(fmt.Errorf("worker speaks protocol %d, want %d", r.Protocol, ipc.ProtocolVersion))
-				}
-				ready, readyAt = true, time.Now()
-				p.setReady()
-				if cur != nil {
-					cur.Timing.Ready = readyAt
-				}
-				if h.opts.OnReady != nil && protoErr == nil {
-					h.opts.OnReady(time.Since(ex.Started))
-				}
-				// A new spare joins the pool before it stops counting as starting, so that the
-				// refiller never sees it in neither and forks one too many.
-				if cur == nil && protoErr == nil && !h.putIdle(p) {
-					retired = true
-					p.stdin.Close() // No room for another idle worker: retire it.
-				}
-				if p.unready {
-					p.unready = false
-					h.starting.Add(-1)
-				}
-				// A worker that starts proves workers can start: top the spares up, in case
-				// they ran out while they could not.
-				if h.opts.Spares > 0 && protoErr == nil {
-					h.refill()
-				}
-			case cur == nil || replied:
-				fail(fmt.Errorf("unexpected line: %q", clip(l.line, 80)))
-			default:
-				var r ipc.WorkerReply
-				if err := json.Unmarshal(l.line, &r); err != nil {
-					fail(fmt.Errorf("want a reply line, got %q", clip(l.line, 80)))
-					break
-				} else if r.ID != cur.ID {
-					fail(fmt.Errorf("reply for id %q, want %q", r.ID, cur.ID))
-					break
-				}
-				if protoErr != nil {
-					break
-				}
-				p.setDeadline(0)
-				cur.Timing.Replied = time.Now()
-				replied = true
-				ex.Served++
-				if cur.OnReply != nil {
-					cur.OnReply(p.pid, r)
-				}
-				if p.spare {
-					p.spare = false
-					h.refill()
-				}
-				if ex.Served < h.opts.MaxRequests && h.putIdle(p) {
-					h.events <- Event{PID: p.pid, Job: cur, Replied: true}
-					cur, replied = nil, false
-					p.setJob(nil)
-					break
-				}
-				// The worker waits for more requests until stdin closes, so it is still
-				// alive and its peak memory can be read.
-				ex.PeakRSS = peakRSS(p.pid)
-				p.stdin.Close()
-			}
-		case j := <-jobs:
-			cur, replied = j, false
-			p.setJob(j)
-			send(j)
-		case ws = <-waited:
-			waited = nil
-			jobs = nil
-			if lines != nil {
-				drain = time.After(max(h.killGrace(), 100*time.Millisecond))
-			}
-		case <-drain:
-			// Something the sweep could not reach still holds the pipe; stop reading it.
-			p.stdout.Close()
-		}
-	}
-	// A job handed over as the worker died is reported with the worker's EXIT.
-	h.idle.remove(p)
-	if j := p.retire(); j != nil && cur == nil {
-		cur, replied = j, false
-	}
-	// Its last words on stderr are still in the pipe: read them before closing it, unless
-	// something the sweep could not reach keeps it open.
-	select {
-	case <-stderrDone:
-	case <-time.After(max(h.killGrace(), 100*time.Millisecond)):
-	}
-	p.closePipes()
-	aux.Wait()
-	ex.Replied = replied
-	ex.classify(ws, p.stoppedFor(), protoErr)
-	if retired && ex.Reason.Kind == ReasonProtocol && errors.Is(ex.Err, ErrNoReply) {
-		// Told to go before it had a job, it owed no reply.
-		ex.Reason, ex.Err = Reason{Kind: ReasonNormal}, nil
-	}
-	ex.Duration = time.Since(ex.Started)
-	h.events <- Event{PID: p.pid, Job: cur, Replied: replied, Exit: ex}
-}
+// drainGrace is how long output of an exited worker is read before its pipes are closed.
+func (h *Host) drainGrace() time.Duration { return max(h.killGrace(), 100*time.Millisecond) }
 
 // WorkerInfo describes a live worker process.
 type WorkerInfo struct {
 	PID     int
 	Started time.Time
+	State   State
 	// Ready reports that its ready line has arrived.
 	Ready bool
 	// Job is the job it serves; nil for an idle worker.
@@ -585,95 +389,16 @@ type WorkerInfo struct {
 func (h *Host) Workers() []WorkerInfo {
 	var ws []WorkerInfo
 	for _, p := range trackedProcs() {
-		if p.host != h {
+		p.mu.Lock()
+		w := p.w
+		p.mu.Unlock()
+		if p.host != h || w == nil {
 			continue
 		}
-		p.mu.Lock()
-		ws = append(ws, WorkerInfo{PID: p.pid, Started: p.started, Job: p.job, Ready: p.ready})
-		p.mu.Unlock()
+		ws = append(ws, w.info())
 	}
 	slices.SortFunc(ws, func(a, b WorkerInfo) int { return a.Started.Compare(b.Started) })
 	return ws
-}
-
-// putIdle offers a ready worker without a job to Spawn, and reports whether there was room.
-func (h *Host) putIdle(p *proc) bool {
-	return !h.closed.Load() && h.idle.put(p)
-}
-
-// idlePool holds workers that are ready and have no job: spares, and workers that may serve
-// more requests (MaxRequests > 1). A worker that dies leaves it at once.
-type idlePool struct {
-	mu    sync.Mutex
-	cap   int
-	procs []*proc // guarded by mu; the most recently idle last
-}
-
-func (ip *idlePool) put(p *proc) bool {
-	ip.mu.Lock()
-	defer ip.mu.Unlock()
-	if len(ip.procs) >= ip.cap {
-		return false
-	}
-	ip.procs = append(ip.procs, p)
-	return true
-}
-
-// take returns the most recently idle worker, whose pages are the likeliest to be warm.
-func (ip *idlePool) take() *proc {
-	ip.mu.Lock()
-	defer ip.mu.Unlock()
-	n := len(ip.procs)
-	if n == 0 {
-		return nil
-	}
-	p := ip.procs[n-1]
-	ip.procs[n-1] = nil
-	ip.procs = ip.procs[:n-1]
-	return p
-}
-
-func (ip *idlePool) remove(p *proc) {
-	ip.mu.Lock()
-	defer ip.mu.Unlock()
-	if i := slices.Index(ip.procs, p); i >= 0 {
-		ip.procs = slices.Delete(ip.procs, i, i+1)
-	}
-}
-
-func (ip *idlePool) len() int {
-	ip.mu.Lock()
-	defer ip.mu.Unlock()
-	return len(ip.procs)
-}
-
-type lineOrErr struct {
-	line []byte
-	err  error
-}
-
-func readLines(f *os.File, max int, out chan<- lineOrErr) {
-	defer close(out)
-	// Replies are small; a long one is assembled from several reads.
-	lr := ipc.NewLineReaderSize(f, max, 4<<10)
-	for {
-		line, err := lr.ReadLine()
-		switch {
-		case err == nil:
-			out <- lineOrErr{line: slices.Clone(line)}
-		case errors.Is(err, ipc.ErrTooLarge):
-			out <- lineOrErr{err: fmt.Errorf("line longer than %d bytes", max)}
-		default:
-			return
-		}
-	}
-}
-
-func clip(b []byte, n int) string {
-	if len(b) > n {
-		return string(b[:n]) + "…"
-	}
-	return string(b)
 }
 
 func closeAll(files ...*os.File) {

@@ -143,7 +143,7 @@ func TestPipelinedJobsGetDistinctWorkers(t *testing.T) {
 	}
 	exited := map[int]bool{}
 	for range 3 {
-		ex := (<-h.Events()).Exit
+		ex := recvEvent(t, h, 10*time.Second, "a worker's EXIT").Exit
 		if ex.Reason.Kind != ReasonNormal {
 			t.Errorf("worker %d ended %s: %v", ex.PID, ex.Reason, ex.Err)
 		}
@@ -205,11 +205,15 @@ func TestStopKillsWorkers(t *testing.T) {
 	for i := range 3 {
 		h.Spawn(&Job{ID: strconv.Itoa(i), Topic: "echo", Data: json.RawMessage(`"x"`), Attempt: 1})
 	}
-	time.Sleep(100 * time.Millisecond)
+	// The workers ignore SIGTERM once their trap is set, which is before their ready line.
+	waitFor(t, "three ready workers", func() bool {
+		ws := h.Workers()
+		return len(ws) == 3 && ws[0].Ready && ws[1].Ready && ws[2].Ready
+	})
 	start := time.Now()
 	h.Stop(Reason{Kind: ReasonKilled}, 100*time.Millisecond)
 	for range 3 {
-		ex := (<-h.Events()).Exit
+		ex := recvEvent(t, h, 10*time.Second, "a stopped worker's EXIT").Exit
 		if got, want := ex.Reason.String(), "killed"; got != want {
 			t.Errorf("reason = %q, want %q", got, want)
 		}
@@ -315,7 +319,7 @@ func TestSpares(t *testing.T) {
 	if err := unix.Kill(victim, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	ev := <-h.Events()
+	ev := recvEvent(t, h, 10*time.Second, "the killed spare's EXIT")
 	if ev.Job != nil || ev.Exit == nil || ev.Exit.Signal != unix.SIGKILL || ev.PID != victim {
 		t.Fatalf("event for a killed spare = %+v, want an EXIT without a job", ev)
 	}
@@ -330,7 +334,7 @@ func TestMaxRequests(t *testing.T) {
 		job := &Job{ID: strconv.Itoa(i), Topic: "echo", Data: json.RawMessage(`"x"`), Attempt: 1,
 			OnReply: func(p int, r ipc.WorkerReply) { pid = p }}
 		h.Spawn(job)
-		ev := <-h.Events()
+		ev := recvEvent(t, h, 10*time.Second, "the job's end")
 		if ev.Job != job || !ev.Replied {
 			t.Fatalf("job %d: event %+v", i, ev)
 		}
@@ -415,7 +419,7 @@ func TestSparesComeBack(t *testing.T) {
 	path := filepath.Join(dir, "worker")
 	h := newHost(t, Options{Path: path, Args: []string{"--delay=0s"}, Spares: 2})
 	for range 2 {
-		if ev := <-h.Events(); ev.Exit == nil || ev.Exit.Reason.Kind != ReasonSpawnFailed {
+		if ev := recvEvent(t, h, 10*time.Second, "a spare failing to start"); ev.Exit == nil || ev.Exit.Reason.Kind != ReasonSpawnFailed {
 			t.Fatalf("event %+v, want a spare that could not start", ev)
 		}
 	}

@@ -14,23 +14,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// proc is one live worker process.
+// proc is one live worker process: what relayd does to the process itself — fork, signals,
+// deadline, wait and reap, leftovers — whatever its transport. Its protocol and its state are
+// its worker's (worker.go).
 type proc struct {
-	host *Host
-	cmd  *exec.Cmd
-	pid  int
-
-	stdin, stdout, stderr *os.File
-
-	spare   bool      // started without a job and not yet replaced; owned by its monitor
-	unready bool      // a spare that has not sent its ready line; owned by its monitor
-	jobs    chan *Job // a job handed to an idle worker
+	host   *Host
+	cmd    *exec.Cmd
+	pid    int
+	stderr *os.File
 
 	mu       sync.Mutex
+	w        *worker     // guarded by mu; set once its state machine runs
 	started  time.Time   // guarded by mu
-	job      *Job        // guarded by mu; the job it serves, for Host.Workers
-	ready    bool        // guarded by mu; its ready line has arrived
-	dead     bool        // guarded by mu; set when the monitor stops taking jobs
 	deadline *time.Timer // guarded by mu; the current job's timeout
 	reaped   bool        // guarded by mu; once set, the pid and its group may belong to someone else
 	stopped  *Reason     // guarded by mu; why relayd stopped it, nil if it did not
@@ -59,6 +54,11 @@ func fork(p *proc) error {
 	}
 	tracked.procs[p.pid] = p
 	trackedMu.Unlock()
+	// Stop sets stopping before it lists the tracked workers, and this reads it after this
+	// worker is listed: either Stop sees the worker or the worker sees the stop.
+	if o := p.host.stopping.Load(); o != nil {
+		p.stop(o.reason, o.grace)
+	}
 	return nil
 }
 
@@ -136,45 +136,10 @@ func (p *proc) awaitExit() {
 	})
 }
 
-// assign hands job to an idle worker, and reports false if the worker died meanwhile.
-func (p *proc) assign(job *Job) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.dead {
-		return false
-	}
-	p.job = job
-	p.jobs <- job
-	return true
-}
-
-func (p *proc) setReady() {
-	p.mu.Lock()
-	p.ready = true
-	p.mu.Unlock()
-}
-
-func (p *proc) setJob(j *Job) {
-	p.mu.Lock()
-	p.job = j
-	p.mu.Unlock()
-}
-
-// retire stops the worker taking jobs, and returns one handed to it too late, if any.
-func (p *proc) retire() *Job {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.dead = true
-	select {
-	case j := <-p.jobs:
-		return j
-	default:
-		return nil
-	}
-}
-
-// setDeadline arms the current job's timeout, or disarms it when d is zero.
-func (p *proc) setDeadline(d time.Duration) {
+// setDeadline arms the current job's timeout, or disarms it when d is zero. At expiry the
+// process is stopped at once, from the timer (the worker's goroutine may be blocked writing to
+// a worker that does not read), and fired is told.
+func (p *proc) setDeadline(d time.Duration, fired chan<- struct{}) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.deadline != nil {
@@ -182,7 +147,13 @@ func (p *proc) setDeadline(d time.Duration) {
 		p.deadline = nil
 	}
 	if d > 0 && !p.reaped {
-		p.deadline = time.AfterFunc(d, func() { p.stop(Reason{Kind: ReasonTimeout}, p.host.killGrace()) })
+		p.deadline = time.AfterFunc(d, func() {
+			p.stop(Reason{Kind: ReasonTimeout}, p.host.killGrace())
+			select {
+			case fired <- struct{}{}:
+			default:
+			}
+		})
 	}
 }
 
@@ -225,7 +196,7 @@ func (p *proc) stoppedFor() *Reason {
 	return &r
 }
 
-func (p *proc) closePipes() { closeAll(p.stdin, p.stdout, p.stderr) }
+func (p *proc) closePipes() { closeAll(p.stderr) }
 
 // killGroup signals the process group pgid. ESRCH means it is already gone.
 func killGroup(pgid int, sig syscall.Signal) {

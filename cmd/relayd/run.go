@@ -23,6 +23,13 @@ import (
 	"relayd/supervisor"
 )
 
+// hup receives SIGHUP from before main runs: SIGHUP's default action kills the process, and a
+// reload may be asked for as soon as READY=1 is sent, or before. A reload asked for before the
+// main loop runs is applied once it does.
+var hup = make(chan os.Signal, 1)
+
+func init() { signal.Notify(hup, syscall.SIGHUP) }
+
 // errHelp is returned by parseFlags for --help and --version: the output is written, exit 0.
 var errHelp = errors.New("help requested")
 

@@ -1,0 +1,408 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"relayd/ipc"
+)
+
+// State is where a worker process is in its life. Every state and every move between them is
+// in this file: a worker moves only by worker.to, called from worker.handle, which the worker's
+// own goroutine runs for each event — its ready frame, a reply, a job assigned, its deadline,
+// the end of its output, its wait status.
+//
+//	starting ──ready──▶ idle ◀──reply (may serve more)── busy
+//	    │                 └──────job assigned──────────▶ │
+//	    └──ready, with the job it was forked for────────▶ │
+//	starting, idle, busy ──protocol error, deadline, told to exit, exit──▶ draining ──▶ exited
+type State uint8
+
+// The states of a worker.
+const (
+	// StateStarting: forked, its ready frame has not arrived. A worker forked for a job
+	// already has the job's request (written at once, which saves a round trip).
+	StateStarting State = iota
+	// StateIdle: ready and without a job — a spare, or a reused worker between jobs. Only an
+	// idle worker is in the pool that Spawn takes from.
+	StateIdle
+	// StateBusy: serving a job whose reply has not arrived.
+	StateBusy
+	// StateDraining: takes no more jobs — told to exit (stdin closed), stopped (deadline,
+	// protocol error, Host.Stop) or already exited — and its exit or the end of its output is
+	// awaited.
+	StateDraining
+	// StateExited: its exit is observed and its output drained; its EXIT is reported.
+	StateExited
+)
+
+var stateNames = [...]string{"starting", "idle", "busy", "draining", "exited"}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return fmt.Sprintf("State(%d)", s)
+}
+
+// transitions lists, for each state, the states a worker may move to from it.
+var transitions = [...][]State{
+	StateStarting: {StateIdle, StateBusy, StateDraining},
+	StateIdle:     {StateBusy, StateDraining},
+	StateBusy:     {StateIdle, StateDraining},
+	StateDraining: {StateExited},
+	StateExited:   nil,
+}
+
+// canMove reports whether a worker may move from one state to another.
+func canMove(from, to State) bool {
+	for _, s := range transitions[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// eventKind says what happened to a worker.
+type eventKind uint8
+
+const (
+	evFrame     eventKind = iota // a frame arrived (ready or reply, decoded by the state)
+	evBadFrame                   // the transport could not read a frame (too long, say)
+	evJob                        // Spawn handed an idle worker a job
+	evDeadline                   // the job's deadline passed; the process is being stopped
+	evOutputEnd                  // the transport's output ended
+	evExit                       // the process exited and was reaped; ws is its wait status
+	evDrainLate                  // the output did not end within the grace after the exit
+)
+
+type event struct {
+	kind  eventKind
+	frame Frame
+	err   error
+	job   *Job
+	ws    syscall.WaitStatus
+}
+
+// worker is one worker process and the state machine of its life. Its goroutine (run) alone
+// moves it between states; the transport's reader, the waiter, the deadline timer and Spawn
+// only post events.
+type worker struct {
+	h    *Host
+	p    *proc
+	conn Conn
+	ex   *Exit
+
+	events   chan event    // from the reader and the waiter
+	deadline chan struct{} // the job's deadline fired (capacity 1)
+	jobs     chan *Job     // a job handed to it while idle (capacity 1)
+
+	// Owned by the worker's goroutine.
+	spare       bool // started without a job, and not yet taken or told to go
+	unready     bool // a spare the pool counts as starting
+	job         *Job // the job it serves or served last; nil before its first
+	replied     bool // job got its reply
+	told        bool // its stdin was closed: it is to exit and owes nothing more
+	readyAt     time.Time
+	protoErr    error
+	waited      bool
+	ws          syscall.WaitStatus
+	outputEnded bool
+	drainLate   <-chan time.Time
+
+	mu    sync.Mutex
+	state State // guarded by mu; written only by to
+	ready bool  // guarded by mu; its ready frame arrived
+	cur   *Job  // guarded by mu; the job it serves, for Host.Workers
+	dead  bool  // guarded by mu; set on leaving idle for draining: it takes no more jobs
+}
+
+func newWorker(h *Host, p *proc, conn Conn, ex *Exit, spare bool) *worker {
+	w := &worker{
+		h: h, p: p, conn: conn, ex: ex, spare: spare, unready: spare,
+		events:   make(chan event, 4),
+		deadline: make(chan struct{}, 1),
+		jobs:     make(chan *Job, 1),
+	}
+	p.mu.Lock()
+	p.w = w
+	p.mu.Unlock()
+	return w
+}
+
+// to moves the worker to state s, tells the pool, and does nothing if it is there already.
+func (w *worker) to(s State) {
+	w.mu.Lock()
+	from := w.state
+	if from == s {
+		w.mu.Unlock()
+		return
+	}
+	if !canMove(from, s) {
+		w.mu.Unlock()
+		panic(fmt.Sprintf("worker %d: no transition from %s to %s", w.p.pid, from, s))
+	}
+	w.state = s
+	if s == StateDraining {
+		w.dead = true
+	}
+	w.mu.Unlock()
+	w.h.pool.observe(w, from, s)
+}
+
+// owes says which frame the worker is to send next.
+func (w *worker) owes() owed {
+	switch {
+	case !w.ex.Ready:
+		return owesReady
+	case w.job != nil && !w.replied:
+		return owesReply
+	}
+	return owesNothing
+}
+
+// run is the worker's goroutine: it talks the protocol with the started worker, handles its
+// events until it has exited and its output is drained, and reports its EXIT. job is the job
+// it was forked for; nil for a spare.
+func (w *worker) run(job *Job) {
+	var aux sync.WaitGroup
+	aux.Add(3)
+	go func() { defer aux.Done(); w.read() }()
+	stderrDone := make(chan struct{})
+	go func() { defer aux.Done(); defer close(stderrDone); w.h.forwardStderr(w.p) }()
+	go func() {
+		defer aux.Done()
+		ws := w.p.wait()
+		// What the worker left behind was re-parented here as it exited: kill and reap it
+		// now, which also ends any hold a leftover has on the worker's pipes.
+		if w.h.opts.Subreaper {
+			w.h.sweep(false)
+		}
+		w.events <- event{kind: evExit, ws: ws}
+	}()
+
+	if job != nil {
+		w.job = job
+		w.setCur(job)
+		w.send(job) // Before the ready line: it saves a round trip; the ready line is still checked.
+	}
+	for w.state != StateExited {
+		var jobs <-chan *Job
+		if w.state == StateIdle {
+			jobs = w.jobs
+		}
+		select {
+		case ev := <-w.events:
+			w.handle(ev)
+		case j := <-jobs:
+			w.handle(event{kind: evJob, job: j})
+		case <-w.deadline:
+			w.handle(event{kind: evDeadline})
+		case <-w.drainLate:
+			w.handle(event{kind: evDrainLate})
+		}
+	}
+
+	// A job handed over as the worker died is reported with the worker's EXIT.
+	select {
+	case j := <-w.jobs:
+		w.job, w.replied = j, false
+	default:
+	}
+	// Its last words on stderr are still in the pipe: read them before closing it, unless
+	// something the sweep could not reach keeps it open.
+	select {
+	case <-stderrDone:
+	case <-time.After(w.h.drainGrace()):
+	}
+	w.p.closePipes()
+	w.conn.Close()
+	aux.Wait()
+	ex := w.ex
+	ex.Replied = w.replied
+	// A worker that exits 0 owes a reply if it had a job it did not answer, or if it went
+	// before it was told to and had served nothing (a spare that quit on its own).
+	owed := (w.job != nil && !w.replied) || (w.job == nil && ex.Served == 0 && !w.told)
+	ex.classify(w.ws, w.p.stoppedFor(), w.protoErr, owed)
+	ex.Duration = time.Since(ex.Started)
+	w.h.events <- Event{PID: w.p.pid, Job: w.job, Replied: w.replied, Exit: ex}
+}
+
+// read is the transport's reader: it posts every frame, and the end of the output.
+func (w *worker) read() {
+	for {
+		f, err := w.conn.Recv()
+		switch {
+		case err == nil:
+			w.events <- event{kind: evFrame, frame: f}
+		case errors.Is(err, io.EOF), errors.Is(err, os.ErrClosed):
+			w.events <- event{kind: evOutputEnd}
+			return
+		default:
+			w.events <- event{kind: evBadFrame, err: err}
+		}
+	}
+}
+
+// handle is the state machine: it applies one event.
+func (w *worker) handle(ev event) {
+	switch ev.kind {
+	case evFrame:
+		w.onFrame(ev.frame)
+	case evBadFrame:
+		w.fail(ev.err)
+	case evJob:
+		w.job, w.replied = ev.job, false
+		w.setCur(ev.job)
+		w.to(StateBusy)
+		w.send(ev.job)
+	case evDeadline:
+		if w.state == StateStarting || w.state == StateBusy {
+			w.to(StateDraining)
+		}
+	case evOutputEnd:
+		w.outputEnded = true
+	case evExit:
+		w.waited, w.ws = true, ev.ws
+		w.to(StateDraining)
+		if !w.outputEnded {
+			w.drainLate = time.After(w.h.drainGrace())
+		}
+	case evDrainLate:
+		// Something the sweep could not reach still holds the output; stop reading it.
+		w.drainLate = nil
+		w.conn.Close()
+	}
+	if w.waited && w.outputEnded {
+		w.to(StateExited)
+	}
+}
+
+// onFrame handles a frame according to what the worker owes.
+func (w *worker) onFrame(f Frame) {
+	want := w.owes()
+	id := ""
+	if w.job != nil {
+		id = w.job.ID
+	}
+	_, reply, err := decodeFrame(f, want, id)
+	if err != nil {
+		w.fail(err)
+		return
+	}
+	if w.protoErr != nil {
+		return // It is being stopped; what it says no longer counts.
+	}
+	switch want {
+	case owesReady:
+		w.readyAt = time.Now()
+		w.ex.Ready = true
+		w.mu.Lock()
+		w.ready = true
+		w.mu.Unlock()
+		if w.job != nil {
+			w.job.Timing.Ready = w.readyAt
+		}
+		if w.h.opts.OnReady != nil {
+			w.h.opts.OnReady(time.Since(w.ex.Started))
+		}
+		if w.state == StateDraining {
+			return // Stopped (its deadline) before it got this far.
+		}
+		if w.job != nil {
+			w.to(StateBusy)
+			return
+		}
+		if !w.h.pool.putIdle(w) {
+			w.spare = false // No room for another idle worker: it goes, and is not replaced.
+			w.tell()
+			return
+		}
+		w.to(StateIdle)
+	case owesReply:
+		w.p.setDeadline(0, nil)
+		job := w.job
+		job.Timing.Replied = time.Now()
+		w.replied = true
+		w.ex.Served++
+		if job.OnReply != nil {
+			job.OnReply(w.p.pid, reply)
+		}
+		if w.state == StateBusy && w.ex.Served < w.h.opts.MaxRequests {
+			w.setCur(nil)
+			if w.h.pool.putIdle(w) {
+				w.h.events <- Event{PID: w.p.pid, Job: job, Replied: true}
+				w.job, w.replied = nil, false
+				w.to(StateIdle)
+				return
+			}
+		}
+		// The worker waits for more requests until stdin closes, so it is still alive and
+		// its peak memory can be read.
+		w.ex.PeakRSS = peakRSS(w.p.pid)
+		w.tell()
+	}
+}
+
+// send writes a job's request and arms its deadline.
+func (w *worker) send(j *Job) {
+	if j.Timeout > 0 {
+		w.p.setDeadline(j.Timeout, w.deadline)
+	}
+	j.Timing.Forked, j.Timing.Ready = w.p.started, w.readyAt
+	err := w.conn.Send(ipc.WorkerRequest{ID: j.ID, Topic: j.Topic, Data: j.Data})
+	j.Timing.Written = time.Now()
+	// EPIPE means it is gone already; its exit says why.
+	if err != nil && !errors.Is(err, syscall.EPIPE) {
+		w.fail(fmt.Errorf("writing request: %w", err))
+	}
+}
+
+// tell closes the worker's stdin: it is to exit, and owes nothing more.
+func (w *worker) tell() {
+	w.told = true
+	w.conn.CloseSend()
+	w.to(StateDraining)
+}
+
+// fail records the first protocol error and stops the worker for it.
+func (w *worker) fail(err error) {
+	if w.protoErr != nil {
+		return
+	}
+	w.protoErr = err
+	w.p.stop(Reason{Kind: ReasonProtocol}, 0)
+	w.to(StateDraining)
+}
+
+// assign hands job to an idle worker, and reports false if it takes no more jobs.
+func (w *worker) assign(job *Job) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.dead {
+		return false
+	}
+	w.cur = job
+	w.jobs <- job
+	return true
+}
+
+func (w *worker) setCur(j *Job) {
+	w.mu.Lock()
+	w.cur = j
+	w.mu.Unlock()
+}
+
+// info describes the worker for Host.Workers.
+func (w *worker) info() WorkerInfo {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return WorkerInfo{PID: w.p.pid, Started: w.p.started, State: w.state, Job: w.cur,
+		Ready: w.ready}
+}
