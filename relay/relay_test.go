@@ -362,7 +362,7 @@ func TestWorkerThatCannotGetReadyIsUnavailable(t *testing.T) {
 		if got := code(r); got != ipc.CodeUnavailable {
 			t.Fatalf("message %d: code = %q (%v), want unavailable", i, got, r.Error)
 		}
-		if i == 0 && !strings.Contains(r.Error.Message, "exited with status 1 before its ready line") {
+		if i == 0 && !strings.Contains(r.Error.Message, "before its ready line") {
 			t.Errorf("message = %q, want the reason", r.Error.Message)
 		}
 	}
@@ -380,11 +380,11 @@ func TestWorkerThatCannotGetReadyIsUnavailable(t *testing.T) {
 func TestTransientSpawnFailureIsBusy(t *testing.T) {
 	var fail atomic.Bool
 	fail.Store(true)
-	h := startRelay(t, supervisor.Options{WrapCommand: func(*exec.Cmd) error {
+	h := startRelay(t, supervisor.Options{Launch: func(_ *exec.Cmd, fork func() error) (func(), error) {
 		if fail.Load() {
-			return fmt.Errorf("making a pipe: %w", syscall.EMFILE)
+			return nil, fmt.Errorf("making a pipe: %w", syscall.EMFILE)
 		}
-		return nil
+		return nil, fork()
 	}}, Config{})
 	r := waitAnswer(t, h.send(TopicEcho, "x"))
 	if got := code(r); got != ipc.CodeBusy || !strings.Contains(r.Error.Message, "too many open files") {

@@ -58,12 +58,14 @@ type Options struct {
 	// Transport carries the protocol to each worker; nil means Stdio (NDJSON on stdin and
 	// stdout) with MaxLineBytes.
 	Transport Transport
-	// WrapCommand, if set, may change a worker's command just before it is forked: its Path
-	// and Args (to run the worker through a pre-exec stage of one's own, such as a sandbox
-	// helper that re-executes itself and then the worker), its Env and its SysProcAttr. The
-	// command arrives complete (environment, process group, Pdeathsig, credential, the
-	// transport's descriptors and stderr). An error fails the start as spawn_failed.
-	WrapCommand func(cmd *exec.Cmd) error
+	// Launch, if set, forks each worker in place of the Host's spawner threads: the pre-exec
+	// stage of a sandbox. It gets the complete command (path, arguments, environment, process
+	// group, Pdeathsig, credential, the transport's descriptors and stderr) and may change it,
+	// then must call fork exactly once — from an OS thread it owns and keeps until release is
+	// called, since Pdeathsig and any per-thread confinement follow the thread that forked —
+	// and return fork's error. release, if not nil, is called once the worker is reaped (or at
+	// once if the fork failed). An error fails the start as spawn_failed.
+	Launch func(cmd *exec.Cmd, fork func() error) (release func(), err error)
 }
 
 // Job is one request for a worker process.
@@ -331,15 +333,29 @@ func (h *Host) start(attempt int) (*proc, Conn, error) {
 		return nil, nil, fmt.Errorf("starting worker %q: %w", h.opts.Path, err)
 	}
 	cmd.Stderr = childErr
-	if h.opts.WrapCommand != nil {
-		err = h.opts.WrapCommand(cmd)
-	}
-	if err == nil {
+	if h.opts.Launch != nil {
+		var release func()
+		release, err = h.opts.Launch(cmd, func() error { return fork(p) })
+		if release != nil && p.pid == 0 {
+			release()
+		} else {
+			p.release = release
+		}
+	} else {
 		done := make(chan error, 1)
 		h.spawnq <- spawnRequest{p: p, done: done}
 		err = <-done
 	}
 	childErr.Close()
+	if err != nil && p.pid != 0 {
+		// Forked, then failed: the caller stops and reaps it.
+		conn.Forked(p.pid)
+		h.spawned.Add(1)
+		return p, conn, fmt.Errorf("starting worker %q: %w", h.opts.Path, err)
+	}
+	if err == nil && p.pid == 0 {
+		err = errors.New("launch did not fork the worker")
+	}
 	if err != nil {
 		conn.Close()
 		p.closePipes()

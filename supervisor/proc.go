@@ -22,6 +22,8 @@ type proc struct {
 	cmd    *exec.Cmd
 	pid    int
 	stderr *os.File
+	// release, if set, is Options.Launch's: called once the process is reaped.
+	release func()
 
 	mu       sync.Mutex
 	w        *worker     // guarded by mu; set once its state machine runs
@@ -94,6 +96,15 @@ func (p *proc) wait() syscall.WaitStatus {
 			break
 		}
 	}
+	ws := p.reap()
+	if p.release != nil {
+		p.release()
+	}
+	return ws
+}
+
+// reap kills what is left of the exited worker's group and reaps it.
+func (p *proc) reap() syscall.WaitStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	killGroup(p.pid, syscall.SIGKILL)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -100,8 +101,8 @@ func TestSparesThatCannotStartDoNotLoop(t *testing.T) {
 	h := newHost(t, Options{Path: workerBin, Args: []string{"--bogus"}, Spares: 2, Logger: log})
 	for range 2 {
 		ev := recvEvent(t, h, 10*time.Second, "a spare exiting on its bad argument")
-		if ev.Exit == nil || ev.Job != nil || ev.Exit.Reason.String() != "exit(1)" || ev.Exit.Ready || !ev.Exit.CannotStart() {
-			t.Fatalf("event %+v, want a spare that exited 1 before its ready line", ev.Exit)
+		if ev.Exit == nil || ev.Job != nil || ev.Exit.Reason.Kind != ReasonExit || ev.Exit.Ready || !ev.Exit.CannotStart() {
+			t.Fatalf("event %+v, want a spare that exited non-zero before its ready line", ev.Exit)
 		}
 	}
 	// Forking again would be at once; half a second of quiet on a loaded machine is plenty.
@@ -160,24 +161,40 @@ func TestReusedWorkerExitingMidJob(t *testing.T) {
 	}
 }
 
-// TestWrapCommand runs the worker through a wrapper, as a sandbox's pre-exec stage does, and
-// fails a start from it.
-func TestWrapCommand(t *testing.T) {
+// TestLaunch runs the worker through a pre-exec stage of the caller's, as a sandbox does: it
+// edits the command, forks from a thread of its own and gets it back after the reap. A start it
+// fails is spawn_failed.
+func TestLaunch(t *testing.T) {
 	wrapper := script(t, `export WRAPPED=yes; exec "$@"`)
+	released := make(chan struct{}, 1)
 	h := newHost(t, Options{Path: workerBin, Args: []string{"--delay=0s"}, Env: []string{"RELAY_FAULTS=1"},
-		WrapCommand: func(cmd *exec.Cmd) error {
-			cmd.Args = append([]string{wrapper}, cmd.Args...)
-			cmd.Args[1] = cmd.Path
+		Launch: func(cmd *exec.Cmd, fork func() error) (func(), error) {
+			cmd.Args = append([]string{wrapper, cmd.Path}, cmd.Args[1:]...)
 			cmd.Path = wrapper
-			return nil
+			forked := make(chan error)
+			release := make(chan struct{})
+			go func() {
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				forked <- fork()
+				<-release
+			}()
+			return func() { close(release); released <- struct{}{} }, <-forked
 		}})
-	_, reply := spawnOne(t, h, &Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"!env"`), Attempt: 1})
+	ex, reply := spawnOne(t, h, &Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"!env"`), Attempt: 1})
 	if reply == nil || !strings.Contains(string(reply.Data), "WRAPPED=yes") {
-		t.Fatalf("reply = %v, want the wrapper's environment", reply)
+		t.Fatalf("reply = %v (exit %s %v), want the wrapper's environment", reply, ex.Reason, ex.Err)
+	}
+	select {
+	case <-released:
+	default:
+		t.Error("the launch's thread was not released by the time of the EXIT")
 	}
 
-	h = newHost(t, Options{Path: workerBin, WrapCommand: func(*exec.Cmd) error { return fmt.Errorf("no room: %w", syscall.EMFILE) }})
-	ex, _ := spawnOne(t, h, &Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"x"`), Attempt: 1})
+	h = newHost(t, Options{Path: workerBin, Launch: func(*exec.Cmd, func() error) (func(), error) {
+		return nil, fmt.Errorf("no room: %w", syscall.EMFILE)
+	}})
+	ex, _ = spawnOne(t, h, &Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"x"`), Attempt: 1})
 	if got := ex.Reason.String(); got != "spawn_failed(EMFILE)" || !ex.Reason.Transient() || ex.CannotStart() {
 		t.Errorf("reason = %s (transient %v, cannot start %v), want a transient spawn_failed(EMFILE)", got, ex.Reason.Transient(), ex.CannotStart())
 	}
