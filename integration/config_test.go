@@ -224,7 +224,10 @@ service "storm" {
 	}
 	sock := filepath.Join(dir, "s")
 	startRelayd(t, sock, "--config", conf, "--service", "broken="+filepath.Join(dir, "missing"),
-		"--allow-fault-injection", "--worker-arg=--delay=0s", "--stats-interval=0")
+		"--allow-fault-injection", "--worker-arg=--delay=0s", "--stats-interval=0",
+		"--metrics-addr=unix:"+filepath.Join(dir, "m"))
+	scr := unixScraper(filepath.Join(dir, "m"))
+	defer scr.close()
 
 	if a := askTo(t, sock, "broken", "x"); codeOf(a) != ipc.CodeUnavailable {
 		t.Fatalf("broken service: %s, want unavailable", a.Raw)
@@ -271,5 +274,21 @@ service "storm" {
 	}
 	if st.Exits["exit(1)"] != 1 {
 		t.Errorf("relay's stats count %d exit(1), want 1 (its own flaky attempt alone): %+v", st.Exits["exit(1)"], st)
+	}
+
+	// The metrics tell the services apart.
+	fams := scr.scrape(t)
+	storm := map[string]string{"service": "storm"}
+	if v, ok := sample(fams, "relayd_retry_budget_tokens", storm); !ok || v > 50 {
+		t.Errorf("storm's retry budget = %v (%v), want 50 or less", v, ok)
+	}
+	if v, ok := sample(fams, "relayd_retry_budget_tokens", relayLabel); !ok || v < 99 {
+		t.Errorf("relay's retry budget = %v (%v), want it about full", v, ok)
+	}
+	if v, _ := sample(fams, "relayd_worker_exits_total", map[string]string{"service": "relay", "reason": "exit(1)"}); v != 1 {
+		t.Errorf("relay's exit(1) count = %v, want 1", v)
+	}
+	if v, _ := sample(fams, "relayd_messages_total", map[string]string{"service": "broken", "topic": "echo", "outcome": "unavailable"}); v != 1 {
+		t.Errorf("broken's unavailable answers = %v, want 1", v)
 	}
 }

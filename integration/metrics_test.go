@@ -125,6 +125,9 @@ func sum(fams map[string]*dto.MetricFamily, name string) float64 {
 	return total
 }
 
+// relayLabel selects the relay service's series.
+var relayLabel = map[string]string{"service": "relay"}
+
 // request sends one request on c and waits for its answer.
 func request(t *testing.T, c *ipc.Client, topic string, data any) ipc.Answer {
 	t.Helper()
@@ -238,7 +241,7 @@ func TestMetricsEndpoint(t *testing.T) {
 			// A reply reaches the sender before its worker's EXIT reaches the relay loop, where
 			// the budget is kept: wait for the six exits before the crash.
 			if !eventually(10*time.Second, func() bool {
-				v, _ := sample(s.scrape(t), "relayd_worker_exits_total", map[string]string{"reason": "normal"})
+				v, _ := sample(s.scrape(t), "relayd_worker_exits_total", map[string]string{"service": "relay", "reason": "normal"})
 				return v == replies+1
 			}) {
 				t.Fatalf("the %d normal exits never showed", replies+1)
@@ -255,7 +258,7 @@ func TestMetricsEndpoint(t *testing.T) {
 			var fams map[string]*dto.MetricFamily
 			if !eventually(5*time.Second, func() bool {
 				fams = s.scrape(t)
-				inFlight, _ := sample(fams, "relayd_messages_in_flight", nil)
+				inFlight, _ := sample(fams, "relayd_messages_in_flight", relayLabel)
 				return sum(fams, "relayd_worker_exits_total") == exits && inFlight == 0
 			}) {
 				t.Fatalf("exits never reached %d with nothing in flight; last scrape: exits %v", exits, sum(fams, "relayd_worker_exits_total"))
@@ -267,22 +270,22 @@ func TestMetricsEndpoint(t *testing.T) {
 				want    float64
 				atLeast bool
 			}{
-				{"relayd_messages_total", map[string]string{"topic": "echo", "outcome": "reply"}, replies, false},
-				{"relayd_messages_total", map[string]string{"topic": "echo", "outcome": "worker_failed"}, 1, false},
-				{"relayd_messages_total", map[string]string{"topic": "stats", "outcome": "reply"}, 1, false},
-				{"relayd_messages_total", map[string]string{"topic": "other", "outcome": "unknown_topic"}, 1, false},
-				{"relayd_messages_total", map[string]string{"topic": "status", "outcome": "reply"}, 0, false},
-				{"relayd_answer_duration_seconds", map[string]string{"topic": "echo"}, replies + 1, false},
-				{"relayd_answer_duration_seconds", map[string]string{"topic": "stats"}, 1, false},
-				{"relayd_worker_exits_total", map[string]string{"reason": "normal"}, replies + 1, false},
-				{"relayd_worker_exits_total", map[string]string{"reason": "exit(1)"}, 3, false},
-				{"relayd_restarts_total", nil, 2, false},
-				{"relayd_retry_budget_tokens", nil, 97, false},
-				{"relayd_worker_lifetime_seconds", nil, exits, false},
-				{"relayd_worker_spawn_duration_seconds", nil, exits, true},
-				{"relayd_workers_spawned_total", nil, exits, true},
-				{"relayd_messages_queued", nil, 0, false},
-				{"relayd_spare_workers_ready", nil, 0, false},
+				{"relayd_messages_total", map[string]string{"service": "relay", "topic": "echo", "outcome": "reply"}, replies, false},
+				{"relayd_messages_total", map[string]string{"service": "relay", "topic": "echo", "outcome": "worker_failed"}, 1, false},
+				{"relayd_messages_total", map[string]string{"service": "relay", "topic": "stats", "outcome": "reply"}, 1, false},
+				{"relayd_messages_total", map[string]string{"service": "relay", "topic": "other", "outcome": "unknown_topic"}, 1, false},
+				{"relayd_messages_total", map[string]string{"service": "relay", "topic": "status", "outcome": "reply"}, 0, false},
+				{"relayd_answer_duration_seconds", map[string]string{"service": "relay", "topic": "echo"}, replies + 1, false},
+				{"relayd_answer_duration_seconds", map[string]string{"service": "relay", "topic": "stats"}, 1, false},
+				{"relayd_worker_exits_total", map[string]string{"service": "relay", "reason": "normal"}, replies + 1, false},
+				{"relayd_worker_exits_total", map[string]string{"service": "relay", "reason": "exit(1)"}, 3, false},
+				{"relayd_restarts_total", relayLabel, 2, false},
+				{"relayd_retry_budget_tokens", relayLabel, 97, false},
+				{"relayd_worker_lifetime_seconds", relayLabel, exits, false},
+				{"relayd_worker_spawn_duration_seconds", relayLabel, exits, true},
+				{"relayd_workers_spawned_total", relayLabel, exits, true},
+				{"relayd_messages_queued", relayLabel, 0, false},
+				{"relayd_spare_workers_ready", relayLabel, 0, false},
 				{"relayd_client_connections", nil, 1, false}, // c, still open
 				{"go_goroutines", nil, 1, true},
 				{"process_start_time_seconds", nil, 1, true},

@@ -48,10 +48,10 @@ type Metrics struct {
 	reg       *prometheus.Registry
 	messages  *prometheus.CounterVec
 	answers   *prometheus.HistogramVec
-	spawns    prometheus.Histogram
-	lifetimes prometheus.Histogram
+	spawns    *prometheus.HistogramVec
+	lifetimes *prometheus.HistogramVec
 	exits     *prometheus.CounterVec
-	restarts  prometheus.Counter
+	restarts  *prometheus.CounterVec
 }
 
 var _ relay.Observer = (*Metrics)(nil)
@@ -65,36 +65,31 @@ func New() *Metrics {
 		reg: prometheus.NewRegistry(),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "messages_total",
-			Help: `Requests answered, by topic (echo, stats, status, other; unreadable when no request could be read: a malformed or oversized line, a refused connection) and outcome ("reply" or the error code).`,
-		}, []string{"topic", "outcome"}),
+			Help: `Requests answered, by service (the registered name; "" when the request named none that is registered or could not be read), topic (echo, stats, status, other; unreadable when no request could be read: a malformed or oversized line, a refused connection) and outcome ("reply" or the error code).`,
+		}, []string{"service", "topic", "outcome"}),
 		answers: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "answer_duration_seconds",
-			Help:    "Time from reading a request to handing over its answer, by topic.",
+			Help:    "Time from reading a request to handing over its answer, by service and topic.",
 			Buckets: AnswerBuckets,
-		}, []string{"topic"}),
-		spawns: prometheus.NewHistogram(prometheus.HistogramOpts{
+		}, []string{"service", "topic"}),
+		spawns: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "worker_spawn_duration_seconds",
-			Help:    "Time from forking a worker to reading its ready line.",
+			Help:    "Time from forking a worker to reading its ready line, by service.",
 			Buckets: SpawnBuckets,
-		}),
-		lifetimes: prometheus.NewHistogram(prometheus.HistogramOpts{
+		}, []string{"service"}),
+		lifetimes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "worker_lifetime_seconds",
-			Help:    "Time from forking a worker to reaping it.",
+			Help:    "Time from forking a worker to reaping it, by service.",
 			Buckets: LifetimeBuckets,
-		}),
+		}, []string{"service"}),
 		exits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "worker_exits_total",
-			Help: "Worker EXIT events by reason: normal, exit(N), signal(SIGNAME), timeout, killed, spawn_failed(ERRNO), protocol.",
-		}, []string{"reason"}),
-		restarts: prometheus.NewCounter(prometheus.CounterOpts{
+			Help: "Worker EXIT events by service and reason: normal, exit(N), signal(SIGNAME), timeout, killed, spawn_failed(ERRNO), protocol.",
+		}, []string{"service", "reason"}),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "restarts_total",
-			Help: "Messages scheduled for another attempt after their worker failed.",
-		}),
-	}
-	// Series that rate() and alerts look for exist from the start, at zero.
-	for _, t := range knownTopics {
-		m.messages.WithLabelValues(t, OutcomeReply)
-		m.answers.WithLabelValues(t)
+			Help: "Messages scheduled for another attempt after their worker failed, by service.",
+		}, []string{"service"}),
 	}
 	m.reg.MustRegister(m.messages, m.answers, m.spawns, m.lifetimes, m.exits, m.restarts,
 		collectors.NewGoCollector(),
@@ -114,29 +109,40 @@ func (m *Metrics) Handler() http.Handler {
 	})
 }
 
+// AddService makes the series that rate() and alerts look for exist for a service from the
+// start, at zero.
+func (m *Metrics) AddService(service string) {
+	for _, t := range knownTopics {
+		m.messages.WithLabelValues(service, t, OutcomeReply)
+		m.answers.WithLabelValues(service, t)
+	}
+	m.restarts.WithLabelValues(service)
+}
+
 // Answered counts an answer; it implements relay.Observer.
-func (m *Metrics) Answered(topic, code string, d time.Duration) {
+func (m *Metrics) Answered(service, topic, code string, d time.Duration) {
 	t := TopicLabel(topic)
 	outcome := code
 	if outcome == "" {
 		outcome = OutcomeReply
 	}
-	m.messages.WithLabelValues(t, outcome).Inc()
-	m.answers.WithLabelValues(t).Observe(d.Seconds())
+	m.messages.WithLabelValues(service, t, outcome).Inc()
+	m.answers.WithLabelValues(service, t).Observe(d.Seconds())
 }
 
 // WorkerExited counts a worker's EXIT; it implements relay.Observer.
-func (m *Metrics) WorkerExited(reason string, lifetime time.Duration) {
-	m.exits.WithLabelValues(reason).Inc()
-	m.lifetimes.Observe(lifetime.Seconds())
+func (m *Metrics) WorkerExited(service, reason string, lifetime time.Duration) {
+	m.exits.WithLabelValues(service, reason).Inc()
+	m.lifetimes.WithLabelValues(service).Observe(lifetime.Seconds())
 }
 
 // Retried counts a retry; it implements relay.Observer.
-func (m *Metrics) Retried() { m.restarts.Inc() }
+func (m *Metrics) Retried(service string) { m.restarts.WithLabelValues(service).Inc() }
 
-// WorkerReady records how long a worker took from fork to its ready line; it fits
-// supervisor.Options.OnReady.
-func (m *Metrics) WorkerReady(d time.Duration) { m.spawns.Observe(d.Seconds()) }
+// WorkerReady records how long a worker of service took from fork to its ready line.
+func (m *Metrics) WorkerReady(service string, d time.Duration) {
+	m.spawns.WithLabelValues(service).Observe(d.Seconds())
+}
 
 // TopicLabel maps a request's topic to its label value: the relay's own topics as they are,
 // "" (a line that could not be read as a request) as TopicUnreadable, anything else as
@@ -155,12 +161,18 @@ func TopicLabel(topic string) string {
 
 // Source is where the gauges are read from at each scrape. A nil field leaves its metrics out.
 type Source struct {
-	// Stats returns the relay's counters: (*relay.Relay).Stats.
-	Stats func() relay.Stats
+	// Services returns each service's counters and retry budget.
+	Services func() []ServiceStats
 	// Conns returns the number of open client connections: (*relay.Server).Conns.
 	Conns func() int
-	// RetryTokens returns what is left of the retry budget: (*supervisor.RetryBudget).Tokens.
-	RetryTokens func() float64
+}
+
+// ServiceStats is what a scrape reads of one service.
+type ServiceStats struct {
+	Name  string
+	Stats relay.Stats
+	// RetryTokens is what is left of its retry budget: (*relay.Relay).RetryTokens.
+	RetryTokens float64
 }
 
 // Watch registers the metrics read from src. Call it once, when the relay and its server
@@ -174,47 +186,46 @@ func (m *Metrics) Watch(src Source) error {
 type snapshot struct{ src Source }
 
 var (
+	serviceLabel = []string{"service"}
 	descInFlight = prometheus.NewDesc(Namespace+"_messages_in_flight",
-		"Messages whose worker is running now.", nil, nil)
+		"Messages whose worker is running now, by service.", serviceLabel, nil)
 	descQueued = prometheus.NewDesc(Namespace+"_messages_queued",
-		"Messages waiting for a worker now (bounded by --queue).", nil, nil)
+		"Messages waiting for a worker now (bounded by the service's queue), by service.", serviceLabel, nil)
 	descSpares = prometheus.NewDesc(Namespace+"_spare_workers_ready",
-		"Workers started and ready for a message now (up to --spares).", nil, nil)
+		"Workers started and ready for a message now (up to the service's spares), by service.", serviceLabel, nil)
 	descSpawned = prometheus.NewDesc(Namespace+"_workers_spawned_total",
-		"Worker processes forked.", nil, nil)
+		"Worker processes forked, by service.", serviceLabel, nil)
 	descConns = prometheus.NewDesc(Namespace+"_client_connections",
 		"Client connections open now.", nil, nil)
 	descTokens = prometheus.NewDesc(Namespace+"_retry_budget_tokens",
-		"Tokens left in the retry budget: a failed attempt spends one, a success earns part of one back, and retries pause while half or fewer of the full budget remain.", nil, nil)
+		"Tokens left in the service's retry budget: a failed attempt spends one, a success earns part of one back, and retries pause while half or fewer of the full budget remain.", serviceLabel, nil)
 )
 
 func (s *snapshot) Describe(ch chan<- *prometheus.Desc) {
-	if s.src.Stats != nil {
+	if s.src.Services != nil {
 		ch <- descInFlight
 		ch <- descQueued
 		ch <- descSpares
 		ch <- descSpawned
+		ch <- descTokens
 	}
 	if s.src.Conns != nil {
 		ch <- descConns
 	}
-	if s.src.RetryTokens != nil {
-		ch <- descTokens
-	}
 }
 
 func (s *snapshot) Collect(ch chan<- prometheus.Metric) {
-	if s.src.Stats != nil {
-		st := s.src.Stats()
-		ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(st.InFlight))
-		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(st.Queued))
-		ch <- prometheus.MustNewConstMetric(descSpares, prometheus.GaugeValue, float64(st.SparesReady))
-		ch <- prometheus.MustNewConstMetric(descSpawned, prometheus.CounterValue, float64(st.WorkersSpawned))
+	if s.src.Services != nil {
+		for _, sv := range s.src.Services() {
+			st := sv.Stats
+			ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(st.InFlight), sv.Name)
+			ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(st.Queued), sv.Name)
+			ch <- prometheus.MustNewConstMetric(descSpares, prometheus.GaugeValue, float64(st.SparesReady), sv.Name)
+			ch <- prometheus.MustNewConstMetric(descSpawned, prometheus.CounterValue, float64(st.WorkersSpawned), sv.Name)
+			ch <- prometheus.MustNewConstMetric(descTokens, prometheus.GaugeValue, sv.RetryTokens, sv.Name)
+		}
 	}
 	if s.src.Conns != nil {
 		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(s.src.Conns()))
-	}
-	if s.src.RetryTokens != nil {
-		ch <- prometheus.MustNewConstMetric(descTokens, prometheus.GaugeValue, s.src.RetryTokens())
 	}
 }

@@ -60,11 +60,11 @@ func TestAnswered(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := New()
-			m.Answered(tt.topic, tt.code, tt.wantDuration)
-			if got := testutil.ToFloat64(m.messages.WithLabelValues(tt.wantTopic, tt.wantOutcome)); got != 1 {
+			m.Answered("relay", tt.topic, tt.code, tt.wantDuration)
+			if got := testutil.ToFloat64(m.messages.WithLabelValues("relay", tt.wantTopic, tt.wantOutcome)); got != 1 {
 				t.Errorf("messages_total{topic=%q,outcome=%q} = %v, want 1", tt.wantTopic, tt.wantOutcome, got)
 			}
-			h := histogram(t, m, "relayd_answer_duration_seconds", map[string]string{"topic": tt.wantTopic})
+			h := histogram(t, m, "relayd_answer_duration_seconds", map[string]string{"service": "relay", "topic": tt.wantTopic})
 			if got := h.GetSampleCount(); got != 1 {
 				t.Errorf("answer_duration_seconds{topic=%q} count = %d, want 1", tt.wantTopic, got)
 			}
@@ -77,21 +77,23 @@ func TestAnswered(t *testing.T) {
 
 func TestWorkerEvents(t *testing.T) {
 	m := New()
-	m.WorkerReady(time.Millisecond)
-	m.WorkerReady(2 * time.Millisecond)
-	m.WorkerExited("normal", 100*time.Millisecond)
-	m.WorkerExited("exit(1)", 5*time.Millisecond)
-	m.WorkerExited("exit(1)", 6*time.Millisecond)
-	m.Retried()
+	m.WorkerReady("relay", time.Millisecond)
+	m.WorkerReady("relay", 2*time.Millisecond)
+	m.WorkerExited("relay", "normal", 100*time.Millisecond)
+	m.WorkerExited("relay", "exit(1)", 5*time.Millisecond)
+	m.WorkerExited("relay", "exit(1)", 6*time.Millisecond)
+	m.WorkerExited("thumbs", "exit(1)", 6*time.Millisecond)
+	m.Retried("relay")
 
 	counters := []struct {
 		name string
 		got  float64
 		want float64
 	}{
-		{`worker_exits_total{reason="normal"}`, testutil.ToFloat64(m.exits.WithLabelValues("normal")), 1},
-		{`worker_exits_total{reason="exit(1)"}`, testutil.ToFloat64(m.exits.WithLabelValues("exit(1)")), 2},
-		{"restarts_total", testutil.ToFloat64(m.restarts), 1},
+		{`worker_exits_total{service="relay",reason="normal"}`, testutil.ToFloat64(m.exits.WithLabelValues("relay", "normal")), 1},
+		{`worker_exits_total{service="relay",reason="exit(1)"}`, testutil.ToFloat64(m.exits.WithLabelValues("relay", "exit(1)")), 2},
+		{`worker_exits_total{service="thumbs",reason="exit(1)"}`, testutil.ToFloat64(m.exits.WithLabelValues("thumbs", "exit(1)")), 1},
+		{`restarts_total{service="relay"}`, testutil.ToFloat64(m.restarts.WithLabelValues("relay")), 1},
 	}
 	for _, c := range counters {
 		if c.got != c.want {
@@ -107,7 +109,7 @@ func TestWorkerEvents(t *testing.T) {
 		{"relayd_worker_lifetime_seconds", 3, 0.111},
 	}
 	for _, h := range hists {
-		got := histogram(t, m, h.name, nil)
+		got := histogram(t, m, h.name, map[string]string{"service": "relay"})
 		if got.GetSampleCount() != h.wantCount {
 			t.Errorf("%s count = %d, want %d", h.name, got.GetSampleCount(), h.wantCount)
 		}
@@ -123,12 +125,11 @@ func TestWatch(t *testing.T) {
 	m := New()
 	calls := 0
 	err := m.Watch(Source{
-		Stats: func() relay.Stats {
+		Services: func() []ServiceStats {
 			calls++
-			return relay.Stats{InFlight: 3, Queued: 2, SparesReady: 1, WorkersSpawned: 42}
+			return []ServiceStats{{Name: "relay", Stats: relay.Stats{InFlight: 3, Queued: 2, SparesReady: 1, WorkersSpawned: 42}, RetryTokens: 97.5}}
 		},
-		Conns:       func() int { return 5 },
-		RetryTokens: func() float64 { return 97.5 },
+		Conns: func() int { return 5 },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -160,7 +161,7 @@ func TestWatch(t *testing.T) {
 		}
 	}
 	if calls != 1 {
-		t.Errorf("Stats called %d times in one scrape, want 1", calls)
+		t.Errorf("Services called %d times in one scrape, want 1", calls)
 	}
 	if err := m.Watch(Source{Conns: func() int { return 0 }}); err == nil {
 		t.Error("second Watch with the same metrics succeeded, want an error")
@@ -187,11 +188,11 @@ func TestWatchPartialSource(t *testing.T) {
 // TestNamingConventions runs promlint, the Prometheus naming checks, over every metric.
 func TestNamingConventions(t *testing.T) {
 	m := New()
-	m.Answered("echo", "", time.Millisecond)
-	m.WorkerExited("normal", time.Millisecond)
-	m.WorkerReady(time.Millisecond)
-	m.Retried()
-	if err := m.Watch(Source{Stats: func() relay.Stats { return relay.Stats{} }, Conns: func() int { return 0 }, RetryTokens: func() float64 { return 0 }}); err != nil {
+	m.Answered("relay", "echo", "", time.Millisecond)
+	m.WorkerExited("relay", "normal", time.Millisecond)
+	m.WorkerReady("relay", time.Millisecond)
+	m.Retried("relay")
+	if err := m.Watch(Source{Services: func() []ServiceStats { return []ServiceStats{{Name: "relay"}} }, Conns: func() int { return 0 }}); err != nil {
 		t.Fatal(err)
 	}
 	problems, err := testutil.GatherAndLint(m.Registry())
@@ -220,9 +221,10 @@ func TestBucketsIncrease(t *testing.T) {
 // TestHandler scrapes the handler and parses what it serves, as Prometheus would.
 func TestHandler(t *testing.T) {
 	m := New()
-	m.Answered("echo", "", 100*time.Millisecond)
-	m.Answered("echo", "", 120*time.Millisecond)
-	m.Answered("echo", "timeout", 2*time.Second)
+	m.AddService("relay")
+	m.Answered("relay", "echo", "", 100*time.Millisecond)
+	m.Answered("relay", "echo", "", 120*time.Millisecond)
+	m.Answered("relay", "echo", "timeout", 2*time.Second)
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
 
@@ -253,7 +255,7 @@ func TestHandler(t *testing.T) {
 		{"status", "reply", 0},
 	}
 	for _, tt := range tests {
-		got, ok := find(fams["relayd_messages_total"], map[string]string{"topic": tt.topic, "outcome": tt.outcome})
+		got, ok := find(fams["relayd_messages_total"], map[string]string{"service": "relay", "topic": tt.topic, "outcome": tt.outcome})
 		if !ok {
 			t.Errorf("relayd_messages_total{topic=%q,outcome=%q} missing", tt.topic, tt.outcome)
 			continue

@@ -29,13 +29,14 @@ const (
 // Observer is told what the relay does, for metrics. Its methods must be quick and safe for
 // concurrent use.
 type Observer interface {
-	// Answered is called once per answer: the request's topic ("" when the line could not be
-	// read), the error code ("" for a reply) and the time since the request was read.
-	Answered(topic, code string, d time.Duration)
-	// WorkerExited is called for every worker EXIT with its reason and lifetime.
-	WorkerExited(reason string, lifetime time.Duration)
-	// Retried is called when a message is scheduled for another attempt.
-	Retried()
+	// Answered is called once per answer: the service it went to ("" when the request named
+	// none that is registered), the request's topic ("" when the line could not be read), the
+	// error code ("" for a reply) and the time since the request was read.
+	Answered(service, topic, code string, d time.Duration)
+	// WorkerExited is called for every worker EXIT of a service with its reason and lifetime.
+	WorkerExited(service, reason string, lifetime time.Duration)
+	// Retried is called when a message of a service is scheduled for another attempt.
+	Retried(service string)
 }
 
 // The default retry budget: retries stop after 50 net failures and stay stopped while more than
@@ -149,6 +150,9 @@ func (r *Relay) Name() string { return r.cfg.Name }
 // unknown_name, finishes what it holds (queued messages and retries included), then closes its
 // host. Run still returns only after CloseInbox. Call it once.
 func (r *Relay) Retire() { close(r.retire) }
+
+// RetryTokens is what is left of the relay's retry budget, for metrics.
+func (r *Relay) RetryTokens() float64 { return r.cfg.Budget.Tokens() }
 
 // Inbox is where messages for the relay are delivered; it is what the registry maps "relay" to.
 func (r *Relay) Inbox() chan<- *Message { return r.inbox }
@@ -375,7 +379,7 @@ func (r *Relay) exited(ev supervisor.Event) {
 	case m.attempts <= r.cfg.MaxRestarts && !r.draining && r.cfg.Budget.Allow():
 		r.stats.restarts.Add(1)
 		if r.cfg.Observer != nil {
-			r.cfg.Observer.Retried()
+			r.cfg.Observer.Retried(r.cfg.Name)
 		}
 		delay := r.cfg.Backoff.Delay(m.attempts, r.cfg.Rand)
 		r.retryTimers[m] = time.AfterFunc(delay, func() { r.retries <- m })
@@ -418,7 +422,7 @@ func (r *Relay) logExit(ex *supervisor.Exit, job *supervisor.Job) {
 	reason := ex.Reason.String()
 	r.stats.exit(reason)
 	if r.cfg.Observer != nil {
-		r.cfg.Observer.WorkerExited(reason, ex.Duration)
+		r.cfg.Observer.WorkerExited(r.cfg.Name, reason, ex.Duration)
 	}
 	fields := []any{"from", ex.PID, "result", ex.Result(), "reason", reason,
 		"duration", ex.Duration.Round(time.Microsecond)}

@@ -243,7 +243,7 @@ func (c *conn) refuse(err *ipc.Error) {
 	c.slots <- struct{}{}
 	c.pending.Add(1)
 	r := ipc.ErrorReply(nil, err)
-	c.observe("", r, time.Now())
+	c.observe("", "", r, time.Now())
 	c.deliver(r)
 	c.c.SetReadDeadline(time.Now().Add(time.Second))
 	io.Copy(io.Discard, io.LimitReader(c.c, 64<<10))
@@ -294,18 +294,18 @@ func (c *conn) read() {
 		fr.pause(time.Since(waitStart))
 		c.pending.Add(1)
 		m := NewMessage(req, c.name, nil)
-		m.reply = func(r ipc.Reply) { c.observe(req.Topic, r, m.Accepted); c.deliver(r) }
+		m.reply = func(r ipc.Reply) { c.observe(req.To, req.Topic, r, m.Accepted); c.deliver(r) }
 		inbox <- m
 	}
 }
 
-func (c *conn) observe(topic string, r ipc.Reply, accepted time.Time) {
+func (c *conn) observe(service, topic string, r ipc.Reply, accepted time.Time) {
 	if o := c.s.cfg.Observer; o != nil {
 		code := ""
 		if r.Error != nil {
 			code = r.Error.Code
 		}
-		o.Answered(topic, code, time.Since(accepted))
+		o.Answered(service, topic, code, time.Since(accepted))
 	}
 }
 
@@ -380,7 +380,7 @@ func (c *conn) answerNow(id []byte, topic string, err *ipc.Error) {
 	c.slots <- struct{}{}
 	c.pending.Add(1)
 	r := ipc.ErrorReply(id, err)
-	c.observe(topic, r, time.Now())
+	c.observe("", topic, r, time.Now())
 	c.deliver(r)
 }
 

@@ -15,7 +15,6 @@ import (
 
 	"relayd/metrics"
 	"relayd/relay"
-	"relayd/supervisor"
 )
 
 // metricsAddr is the value of --metrics-addr: empty (no endpoint), unix:PATH, or a loopback
@@ -78,7 +77,6 @@ func isLoopback(host string) bool {
 // endpoint turned off: every method does nothing and hands out nil hooks.
 type metricsEndpoint struct {
 	m      *metrics.Metrics
-	budget *supervisor.RetryBudget
 	ln     net.Listener
 	srv    *http.Server
 	log    hclog.Logger
@@ -108,10 +106,9 @@ func startMetrics(cfg *config, log hclog.Logger) (*metricsEndpoint, error) {
 		return nil, fmt.Errorf("--metrics-addr %s: %w", a.String(), err)
 	}
 	e := &metricsEndpoint{
-		m:      metrics.New(),
-		budget: supervisor.NewRetryBudget(relay.DefaultRetryTokens, relay.DefaultRetryRatio),
-		ln:     ln,
-		log:    log.Named("metrics"),
+		m:   metrics.New(),
+		ln:  ln,
+		log: log.Named("metrics"),
 	}
 	return e, nil
 }
@@ -142,12 +139,14 @@ func listenMetricsUnix(path string, cfg *config, log hclog.Logger) (net.Listener
 	return ln, err
 }
 
-// onReady is the host's OnReady hook: spawn latency.
-func (e *metricsEndpoint) onReady() func(time.Duration) {
+// onReady is a service's host's OnReady hook: spawn latency. It also makes the service's
+// series exist from the start.
+func (e *metricsEndpoint) onReady(service string) func(time.Duration) {
 	if e == nil {
 		return nil
 	}
-	return e.m.WorkerReady
+	e.m.AddService(service)
+	return func(d time.Duration) { e.m.WorkerReady(service, d) }
 }
 
 // observer is the relay's and the server's Observer.
@@ -158,22 +157,13 @@ func (e *metricsEndpoint) observer() relay.Observer {
 	return e.m
 }
 
-// retryBudget is the relay's retry budget, shared so that its tokens can be read; nil lets the
-// relay make its own.
-func (e *metricsEndpoint) retryBudget() *supervisor.RetryBudget {
-	if e == nil {
-		return nil
-	}
-	return e.budget
-}
-
-// serve starts answering scrapes of /metrics, with the gauges read from rl and srv.
-func (e *metricsEndpoint) serve(rl *relay.Relay, srv *relay.Server) {
+// serve starts answering scrapes of /metrics, with the gauges read from the services and srv.
+func (e *metricsEndpoint) serve(services func() []metrics.ServiceStats, srv *relay.Server) {
 	if e == nil {
 		return
 	}
 	// Only fails if called twice, which run does not.
-	if err := e.m.Watch(metrics.Source{Stats: rl.Stats, Conns: srv.Conns, RetryTokens: e.budget.Tokens}); err != nil {
+	if err := e.m.Watch(metrics.Source{Services: services, Conns: srv.Conns}); err != nil {
 		e.log.Error("registering the relay's gauges", "error", err)
 	}
 	mux := http.NewServeMux()

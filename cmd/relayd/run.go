@@ -95,7 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		Observer:        mx.observer(),
 		Logger:          log,
 	})
-	mx.serve(ss.live[relayName].rl, srv)
+	mx.serve(ss.stats, srv)
 
 	// SIGHUP is taken before READY=1, so that a reload sent as soon as systemd sees relayd
 	// ready never meets the default action, which would end relayd.
@@ -205,7 +205,7 @@ func reload(cfg *config, args []string, getenv func(string) string, log hclog.Lo
 		}
 	}
 	for _, s := range next.services {
-		sv := ss.live[s.name]
+		sv := ss.get(s.name)
 		if sv == nil {
 			continue
 		}

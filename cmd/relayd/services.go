@@ -3,11 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/hashicorp/go-hclog"
 
+	"relayd/metrics"
 	"relayd/relay"
 	"relayd/supervisor"
 )
@@ -27,7 +31,10 @@ type services struct {
 	log   hclog.Logger
 	mx    *metricsEndpoint
 	names supervisor.Registry[chan<- *relay.Message]
-	live  map[string]*service
+
+	// mu guards live for the metrics scrape; only run's goroutine changes it.
+	mu   sync.Mutex
+	live map[string]*service // guarded by mu
 	// all holds every service started, removed ones too: a removed service drains what it
 	// holds and its loop ends with the others'.
 	all []*service
@@ -65,11 +72,10 @@ func (ss *services) start(c *config, s *serviceConfig) error {
 		StatsInterval: c.statsInterval,
 		Logger:        log,
 	}
+	opts.OnReady = ss.mx.onReady(s.name)
+	rc.Observer = ss.mx.observer()
 	if s.name == relayName {
 		// The relay service speaks for relayd to systemd and to the metrics, as it always has.
-		opts.OnReady = ss.mx.onReady()
-		rc.Budget = ss.mx.retryBudget()
-		rc.Observer = ss.mx.observer()
 		rc.OnStats = func(s relay.Stats) {
 			daemon.SdNotify(false, fmt.Sprintf("STATUS=messages=%d workers_spawned=%d in_flight=%d queued=%d restarts=%d",
 				s.Messages, s.WorkersSpawned, s.InFlight, s.Queued, s.Restarts))
@@ -91,7 +97,9 @@ func (ss *services) start(c *config, s *serviceConfig) error {
 		host.Close()
 		return err
 	}
+	ss.mu.Lock()
 	ss.live[s.name] = sv
+	ss.mu.Unlock()
 	ss.all = append(ss.all, sv)
 	go func() { sv.done <- sv.rl.Run(ss.hard) }()
 	return nil
@@ -100,13 +108,38 @@ func (ss *services) start(c *config, s *serviceConfig) error {
 // retire removes a service's name: messages to it are answered unknown_name from now on, and
 // it finishes what it holds.
 func (ss *services) retire(name string) {
-	sv := ss.live[name]
+	sv := ss.get(name)
 	if sv == nil {
 		return
 	}
 	ss.names.Unregister(name)
+	ss.mu.Lock()
 	delete(ss.live, name)
+	ss.mu.Unlock()
 	sv.rl.Retire()
+}
+
+// get returns the live service called name, or nil.
+func (ss *services) get(name string) *service {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.live[name]
+}
+
+// stats reads every live service's counters, for a metrics scrape, in name order.
+func (ss *services) stats() []metrics.ServiceStats {
+	ss.mu.Lock()
+	list := make([]*service, 0, len(ss.live))
+	for _, sv := range ss.live {
+		list = append(list, sv)
+	}
+	ss.mu.Unlock()
+	slices.SortFunc(list, func(a, b *service) int { return strings.Compare(a.cfg.name, b.cfg.name) })
+	out := make([]metrics.ServiceStats, len(list))
+	for i, sv := range list {
+		out[i] = metrics.ServiceStats{Name: sv.cfg.name, Stats: sv.rl.Stats(), RetryTokens: sv.rl.RetryTokens()}
+	}
+	return out
 }
 
 // inFlight counts messages with a running worker, over every service.
