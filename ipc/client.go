@@ -43,6 +43,8 @@ type Request struct {
 type WorkerRef struct {
 	Host string `json:"host"`
 	PID  int    `json:"pid"`
+	// Node names the relayd node that ran the worker, in answers that came through NATS.
+	Node string `json:"node,omitempty"`
 }
 
 // Reply is one answer frame. Exactly one of Data (with Topic "<topic>_response") or Error (with

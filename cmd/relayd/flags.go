@@ -45,6 +45,7 @@ type config struct {
 	logLevel        string
 	logFormat       string
 	metricsAddr     metricsAddr
+	nats            natsConfig
 	serviceFlags    []string
 	// services are the services to serve, relay first, then in the order of the config file
 	// and of --service.
@@ -193,6 +194,9 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 		if d.v < 0 {
 			return nil, cli.Usagef("%s must not be negative, not %v", d.name, d.v)
 		}
+	}
+	if err := checkNATS(&cfg.nats); err != nil {
+		return nil, cli.Usagef("%v", err)
 	}
 	for _, s := range cfg.services {
 		if err := s.finish(getenv); err != nil {

@@ -96,6 +96,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		Logger:          log,
 	})
 	mx.serve(ss.stats, srv)
+	node, err := startNATS(ctx, cfg, log, ss)
+	if err != nil {
+		ln.Close()
+		ss.stopAll()
+		return err
+	}
 
 	// SIGHUP is taken before READY=1, so that a reload sent as soon as systemd sees relayd
 	// ready never meets the default action, which would end relayd.
@@ -116,6 +122,9 @@ wait:
 			break wait
 		case <-hup:
 			cfg = reload(cfg, args, getenv, log, ss)
+			if node != nil {
+				node.Sync()
+			}
 		}
 	}
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
@@ -131,6 +140,11 @@ wait:
 		}
 	}()
 
+	// NATS first: the names leave discovery and no more requests come from there, while every
+	// request already taken is still answered through the connection, which closes last.
+	if node != nil {
+		node.StopTaking()
+	}
 	srv.StopReading()
 	if serveErr == nil {
 		serveErr = <-serveDone
@@ -138,6 +152,9 @@ wait:
 	ss.stopAll()
 	cancelHard()
 	srv.Wait()
+	if node != nil {
+		node.Close()
+	}
 	if err := ss.closeHosts(); err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/zclconf/go-cty/cty"
 
+	"relayd/cluster"
 	"relayd/ipc"
 )
 
@@ -172,6 +173,36 @@ var settings = []setting{
 	}},
 	{name: "log-format", global: func(fs *pflag.FlagSet, c *config) {
 		fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	}},
+	{name: "nats", global: func(fs *pflag.FlagSet, c *config) {
+		fs.StringVar(&c.nats.url, "nats", "", "also serve every name on NATS at this `url` (several separated by commas): request subject relayd.NAME.TOPIC, queue group relayd; off by default")
+	}},
+	{name: "nats-creds", global: func(fs *pflag.FlagSet, c *config) {
+		fs.StringVar(&c.nats.creds, "nats-creds", "", "NATS credentials `file` (JWT and NKey seed)")
+	}},
+	{name: "nats-tls-cert", global: func(fs *pflag.FlagSet, c *config) {
+		fs.StringVar(&c.nats.tlsCert, "nats-tls-cert", "", "client certificate `file` for NATS over TLS (with --nats-tls-key)")
+	}},
+	{name: "nats-tls-key", global: func(fs *pflag.FlagSet, c *config) {
+		fs.StringVar(&c.nats.tlsKey, "nats-tls-key", "", "key `file` of --nats-tls-cert")
+	}},
+	{name: "nats-tls-ca", global: func(fs *pflag.FlagSet, c *config) {
+		fs.StringVar(&c.nats.tlsCA, "nats-tls-ca", "", "CA certificate `file` that verifies the NATS servers")
+	}},
+	{name: "nats-node", global: func(fs *pflag.FlagSet, c *config) {
+		fs.StringVar(&c.nats.node, "nats-node", "", "this node's `name` in answers and discovery (default HOSTNAME-PID)")
+	}},
+	{name: "nats-durable", global: func(fs *pflag.FlagSet, c *config) {
+		fs.BoolVar(&c.nats.durable, "nats-durable", false, "also take durable requests from the JetStream work-queue stream RELAYD (subject relayd-durable.NAME.TOPIC), acked once answered, so a node's crash loses none")
+	}},
+	{name: "nats-ack-wait", global: func(fs *pflag.FlagSet, c *config) {
+		fs.DurationVar(&c.nats.ackWait, "nats-ack-wait", cluster.DefaultAckWait, "with --nats-durable: how long a dead node's requests wait before another node takes them (live nodes send in-progress acks)")
+	}},
+	{name: "nats-replicas", global: func(fs *pflag.FlagSet, c *config) {
+		fs.IntVar(&c.nats.replicas, "nats-replicas", 1, "with --nats-durable: replicas of the stream when this node creates it (3 on a 3-server NATS cluster survives the loss of a server)")
+	}},
+	{name: "nats-pending-limit", global: func(fs *pflag.FlagSet, c *config) {
+		fs.IntVar(&c.nats.pendingLimit, "nats-pending-limit", cluster.DefaultPendingLimit, "most core requests a name's subscription buffers; past it NATS drops requests and relayd logs a slow consumer")
 	}},
 }
 
