@@ -94,6 +94,11 @@ func TestNotify(t *testing.T) {
 	next := func(prefix string) dgram {
 		t.Helper()
 		timeout := time.After(5 * time.Second)
+		// Until SIGTERM, relayd exiting is the failure to report (a SIGHUP killed it, say).
+		died := exited
+		if prefix == "STOPPING=1" {
+			died = nil
+		}
 		for {
 			select {
 			case m, ok := <-msgs:
@@ -103,6 +108,8 @@ func TestNotify(t *testing.T) {
 				if strings.HasPrefix(m.text, prefix) {
 					return m
 				}
+			case err := <-died:
+				t.Fatalf("relayd exited (%v) before %q; relayd log:\n%s", err, prefix, log)
 			case <-timeout:
 				t.Fatalf("no %q notification within 5s; relayd log:\n%s", prefix, log)
 			}
