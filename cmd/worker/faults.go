@@ -42,171 +42,200 @@ var oomChunks [][]byte
 // nilByte is always nil; !segv writes through it.
 var nilByte *byte
 
+// directive is one fault directive: its syntax, what it does and what relayd makes of it. The
+// table below is the whole list; --help is written from it.
+type directive struct {
+	name string
+	// arg names the one argument a directive takes, as --help shows it ("N", "DURATION");
+	// empty for a directive that takes none.
+	arg string
+	// check validates the argument (nil: any); its error message is shown in the usage.
+	check func(arg string) bool
+	// does says what it does, and outcome what relayd sees, for --help.
+	does, outcome string
+	// act carries it out. It reports handled=false when the worker should go on to reply with
+	// the data uppercased; when handled, err is what the worker ends with, nil to go on.
+	act func(w *worker, c call) (handled bool, err error)
+}
+
+// call is one directive as a request carried it.
+type call struct {
+	id, data, name, arg string
+}
+
+// usage is the directive's syntax, e.g. "!exit N (0-255)".
+func (d *directive) usage() string {
+	if d.arg == "" {
+		return d.name
+	}
+	return d.name + " " + d.arg
+}
+
+// intArg parses a non-negative integer argument.
+func intArg(s string) (int, bool) {
+	n, err := strconv.Atoi(s)
+	return n, err == nil && n >= 0
+}
+
+func isCount(s string) bool { _, ok := intArg(s); return ok }
+
+// directives is every fault directive, in the order --help lists them.
+var directives = []directive{
+	{name: "!crash", does: "exit 1", outcome: "exit(1)",
+		act: func(w *worker, c call) (bool, error) { w.injected(c.name); return true, exitStatus(1) }},
+	{name: "!exit", arg: "N (0-255)", check: func(s string) bool { n, ok := intArg(s); return ok && n <= 255 },
+		does: "exit N", outcome: "exit(N); protocol for 0",
+		act: func(w *worker, c call) (bool, error) {
+			n, _ := intArg(c.arg)
+			w.injected(c.name, "status", n)
+			return true, exitStatus(n)
+		}},
+	{name: "!panic", does: "panic", outcome: "exit(2), the trace logged whole",
+		act: func(w *worker, c call) (bool, error) { w.injected(c.name); panic("fault injected: !panic") }},
+	{name: "!segv", does: "die of a real SIGSEGV", outcome: "signal(SIGSEGV)",
+		act: func(w *worker, c call) (bool, error) { w.injected(c.name); return true, dieOfSIGSEGV() }},
+	{name: "!hang", does: "ignore SIGTERM, never answer", outcome: "timeout",
+		act: func(w *worker, c call) (bool, error) {
+			w.injected(c.name)
+			signal.Ignore(syscall.SIGTERM)
+			for {
+				time.Sleep(time.Hour)
+			}
+		}},
+	{name: "!sleep", arg: "DURATION", check: func(s string) bool { _, err := time.ParseDuration(s); return err == nil },
+		does: "wait, then answer", outcome: "the reply, or timeout",
+		act: func(w *worker, c call) (bool, error) {
+			d, _ := time.ParseDuration(c.arg)
+			time.Sleep(d)
+			return false, nil
+		}},
+	{name: "!oom", does: "allocate memory without end", outcome: "a memory limit's signal, or timeout",
+		act: func(w *worker, c call) (bool, error) {
+			w.injected(c.name)
+			for {
+				chunk := make([]byte, chunkSize)
+				for i := 0; i < len(chunk); i += 4096 {
+					chunk[i] = 1
+				}
+				oomChunks = append(oomChunks, chunk)
+			}
+		}},
+	{name: "!spin", does: "spin at 100% CPU", outcome: "timeout, or the CPU limit's SIGKILL",
+		act: func(w *worker, c call) (bool, error) {
+			w.injected(c.name)
+			//lint:ignore SA5002 spinning at 100% CPU is what !spin is for.
+			for {
+			}
+		}},
+	{name: "!fork", does: "leave a setsid process on stdout, answer", outcome: "the reply; the leftover reaped",
+		act: func(w *worker, c call) (bool, error) {
+			pid, err := w.forkGrandchild()
+			if err != nil {
+				return true, w.replyError(c.id, "!fork: "+err.Error())
+			}
+			w.injected(c.name, "grandchild", pid)
+			return false, nil
+		}},
+	{name: "!garbage", does: "write a line that is not JSON, exit 0", outcome: "protocol",
+		act: func(w *worker, c call) (bool, error) {
+			w.injected(c.name)
+			if _, err := w.out.WriteString(garbageLine); err != nil {
+				return true, fmt.Errorf("writing stdout: %w", err)
+			}
+			if err := w.out.Flush(); err != nil {
+				return true, fmt.Errorf("writing stdout: %w", err)
+			}
+			return true, exitStatus(0)
+		}},
+	{name: "!noreply", does: "exit 0 without answering", outcome: "protocol",
+		act: func(w *worker, c call) (bool, error) { w.injected(c.name); return true, exitStatus(0) }},
+	{name: "!flaky", arg: "N", check: isCount, does: "exit 1 on attempts 1 to N, then answer", outcome: "exit(1) N times, then the reply",
+		act: func(w *worker, c call) (bool, error) {
+			n, _ := intArg(c.arg)
+			if w.attempt <= n {
+				w.injected(c.name, "attempt", w.attempt, "fail_attempts", n)
+				return true, exitStatus(1)
+			}
+			return false, nil
+		}},
+	{name: "!stderr", arg: "N", check: isCount, does: "write N lines to stderr, answer", outcome: "the reply; the lines logged",
+		act: func(w *worker, c call) (bool, error) {
+			n, _ := intArg(c.arg)
+			if err := writeStderrLines(w.stderr, n); err != nil {
+				return true, err
+			}
+			return false, nil
+		}},
+	{name: "!env", does: "answer with its environment", outcome: "the reply",
+		act: func(w *worker, c call) (bool, error) {
+			env := slices.Clone(w.environ)
+			slices.Sort(env)
+			return true, w.replyText(c.id, strings.Join(env, "\n"))
+		}},
+	{name: "!fds", does: "answer with its inherited descriptors", outcome: "the reply",
+		act: func(w *worker, c call) (bool, error) {
+			fds, err := inheritedFDs()
+			if err != nil {
+				return true, w.replyError(c.id, "!fds: "+err.Error())
+			}
+			return true, w.replyText(c.id, fds)
+		}},
+	{name: "!rlimits", does: "answer with its resource limits", outcome: "the reply",
+		act: func(w *worker, c call) (bool, error) {
+			limits, err := rlimits()
+			if err != nil {
+				return true, w.replyError(c.id, "!rlimits: "+err.Error())
+			}
+			return true, w.replyText(c.id, limits)
+		}},
+}
+
+// directiveByName indexes directives.
+var directiveByName = func() map[string]*directive {
+	m := make(map[string]*directive, len(directives))
+	for i := range directives {
+		m[directives[i].name] = &directives[i]
+	}
+	return m
+}()
+
+// directivesHelp lists the directives for --help, one per line.
+func directivesHelp() string {
+	uw, dw := 0, 0
+	for i := range directives {
+		uw, dw = max(uw, len(directives[i].usage())), max(dw, len(directives[i].does))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "  %-*s  %-*s  %s\n", uw, "DIRECTIVE", dw, "WHAT IT DOES", "WHAT RELAYD SEES")
+	for i := range directives {
+		d := &directives[i]
+		fmt.Fprintf(&b, "  %-*s  %-*s  %s\n", uw, d.usage(), dw, d.does, d.outcome)
+	}
+	return b.String()
+}
+
 // fault carries out the fault directive in data for request id. It reports handled=false when
 // the worker should go on to reply with data uppercased: for data naming no directive, and for
 // the directives that end in an ordinary reply. When handled, err is what the worker ends with,
 // nil to go on serving.
 func (w *worker) fault(id, data string) (handled bool, err error) {
 	fields := strings.Fields(data)
-	name, args := fields[0], fields[1:]
-	usage, ok := directiveUsage[name]
+	d, ok := directiveByName[fields[0]]
 	if !ok {
 		return false, nil
 	}
-	bad := func() (bool, error) {
-		return true, w.replyError(id, fmt.Sprintf("bad fault directive %q: want %s", data, usage))
+	c := call{id: id, data: data, name: d.name}
+	wantArgs := 0
+	if d.arg != "" {
+		wantArgs = 1
 	}
-	// arg parses the one argument of a directive that takes one.
-	arg := func() (int, bool) {
-		if len(args) != 1 {
-			return 0, false
-		}
-		n, err := strconv.Atoi(args[0])
-		return n, err == nil && n >= 0
+	if len(fields)-1 != wantArgs || (wantArgs == 1 && d.check != nil && !d.check(fields[1])) {
+		return true, w.replyError(id, fmt.Sprintf("bad fault directive %q: want %s", data, d.usage()))
 	}
-	if !strings.Contains(usage, " ") && len(args) != 0 {
-		return bad()
+	if wantArgs == 1 {
+		c.arg = fields[1]
 	}
-
-	switch name {
-	case "!crash":
-		w.injected(name)
-		return true, exitStatus(1)
-
-	case "!exit":
-		n, ok := arg()
-		if !ok || n > 255 {
-			return bad()
-		}
-		w.injected(name, "status", n)
-		return true, exitStatus(n)
-
-	case "!panic":
-		w.injected(name)
-		panic("fault injected: !panic")
-
-	case "!segv":
-		w.injected(name)
-		return true, dieOfSIGSEGV()
-
-	case "!hang":
-		w.injected(name)
-		signal.Ignore(syscall.SIGTERM)
-		for {
-			time.Sleep(time.Hour)
-		}
-
-	case "!sleep":
-		if len(args) != 1 {
-			return bad()
-		}
-		d, err := time.ParseDuration(args[0])
-		if err != nil {
-			return bad()
-		}
-		time.Sleep(d)
-		return false, nil
-
-	case "!oom":
-		w.injected(name)
-		for {
-			chunk := make([]byte, chunkSize)
-			for i := 0; i < len(chunk); i += 4096 {
-				chunk[i] = 1
-			}
-			oomChunks = append(oomChunks, chunk)
-		}
-
-	case "!spin":
-		w.injected(name)
-		//lint:ignore SA5002 spinning at 100% CPU is what !spin is for.
-		for {
-		}
-
-	case "!fork":
-		pid, err := w.forkGrandchild()
-		if err != nil {
-			return true, w.replyError(id, "!fork: "+err.Error())
-		}
-		w.injected(name, "grandchild", pid)
-		return false, nil
-
-	case "!garbage":
-		w.injected(name)
-		if _, err := w.out.WriteString(garbageLine); err != nil {
-			return true, fmt.Errorf("writing stdout: %w", err)
-		}
-		if err := w.out.Flush(); err != nil {
-			return true, fmt.Errorf("writing stdout: %w", err)
-		}
-		return true, exitStatus(0)
-
-	case "!noreply":
-		w.injected(name)
-		return true, exitStatus(0)
-
-	case "!flaky":
-		n, ok := arg()
-		if !ok {
-			return bad()
-		}
-		if w.attempt <= n {
-			w.injected(name, "attempt", w.attempt, "fail_attempts", n)
-			return true, exitStatus(1)
-		}
-		return false, nil
-
-	case "!stderr":
-		n, ok := arg()
-		if !ok {
-			return bad()
-		}
-		if err := writeStderrLines(w.stderr, n); err != nil {
-			return true, err
-		}
-		return false, nil
-
-	case "!env":
-		env := slices.Clone(w.environ)
-		slices.Sort(env)
-		return true, w.replyText(id, strings.Join(env, "\n"))
-
-	case "!fds":
-		fds, err := inheritedFDs()
-		if err != nil {
-			return true, w.replyError(id, "!fds: "+err.Error())
-		}
-		return true, w.replyText(id, fds)
-
-	case "!rlimits":
-		limits, err := rlimits()
-		if err != nil {
-			return true, w.replyError(id, "!rlimits: "+err.Error())
-		}
-		return true, w.replyText(id, limits)
-	}
-	return false, nil
-}
-
-// directiveUsage lists every directive with its syntax; a directive without arguments is a
-// single word.
-var directiveUsage = map[string]string{
-	"!crash":   "!crash",
-	"!exit":    "!exit N (0-255)",
-	"!panic":   "!panic",
-	"!segv":    "!segv",
-	"!hang":    "!hang",
-	"!sleep":   "!sleep DURATION",
-	"!oom":     "!oom",
-	"!spin":    "!spin",
-	"!fork":    "!fork",
-	"!garbage": "!garbage",
-	"!noreply": "!noreply",
-	"!flaky":   "!flaky N",
-	"!stderr":  "!stderr N",
-	"!env":     "!env",
-	"!fds":     "!fds",
-	"!rlimits": "!rlimits",
+	return d.act(w, c)
 }
 
 // injected logs that the worker is about to misbehave on purpose, so that relayd's log explains

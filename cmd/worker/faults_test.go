@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -334,6 +335,34 @@ func TestRlimits(t *testing.T) {
 	for _, want := range []string{"nofile 64 128", "core 0 0"} {
 		if !strings.Contains(strings.Join(got, "\n")+"\n", want+"\n") {
 			t.Errorf("!rlimits = %q, want a line %q", got, want)
+		}
+	}
+}
+
+// TestDirectiveTable checks that --help lists every directive with its syntax, and that every
+// directive that takes an argument refuses to run without one, naming its syntax.
+func TestDirectiveTable(t *testing.T) {
+	var help bytes.Buffer
+	if err := run([]string{"--help"}, strings.NewReader(""), &help, io.Discard, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range directives {
+		d := &directives[i]
+		if !strings.Contains(help.String(), "  "+d.usage()+" ") {
+			t.Errorf("--help lacks %q:\n%s", d.usage(), help.String())
+		}
+		if d.does == "" || d.outcome == "" || d.act == nil {
+			t.Errorf("%s: want what it does, what relayd sees and its action", d.name)
+		}
+		if d.arg == "" {
+			continue
+		}
+		var out bytes.Buffer
+		w := &worker{stdout: &out, out: bufio.NewWriter(&out), stderr: io.Discard, faults: true, attempt: 1}
+		handled, err := w.fault("1", d.name)
+		w.out.Flush()
+		if !handled || err != nil || !strings.Contains(out.String(), "want "+d.usage()) {
+			t.Errorf("%s without its argument: handled %v, err %v, reply %s; want an error reply naming %q", d.name, handled, err, out.String(), d.usage())
 		}
 	}
 }

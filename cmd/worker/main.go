@@ -97,16 +97,15 @@ Unicode uppercase: "straße" becomes "STRASSE", "ﬁ" becomes "FI"), and
 exits 0 at the end of stdin. Logs go to stderr as JSON.
 
 With RELAY_FAULTS=1 in its environment, data starting with "!" can be a fault directive
-(!crash, !exit N, !panic, !segv, !hang, !sleep D, !oom, !spin, !fork, !garbage, !noreply,
-!flaky N, !stderr N, !env, !fds, !rlimits); RELAY_ATTEMPT is the attempt number !flaky counts.
-
+(RELAY_ATTEMPT is the attempt number !flaky counts); other data starting with "!" is data:
+%s
 With relayd's go-plugin magic cookie in its environment (RELAYD_PLUGIN, set by relayd for a
 service with transport "grpc" or "netrpc"), it serves the same as a go-plugin plugin instead,
 over the transport RELAYD_PLUGIN_TRANSPORT names, by executing worker-plugin from its own
 directory: the worker built with go-plugin, which would slow the start of every stdio worker.
 
 Flags:
-%s`, ipc.ProtocolVersion, cli.FlagUsages(fs, 0))
+%s`, ipc.ProtocolVersion, directivesHelp(), cli.FlagUsages(fs, 0))
 	}
 	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
