@@ -189,29 +189,49 @@ const clockTick = 10 * time.Millisecond
 // readUsage reads a live process's usage from /proc. Threads that have ended are not counted
 // in cpu and cs; Go keeps its threads, so that matters little. A child's CPU time counts in live
 // while it runs and in children once reaped, so a difference of two readings holds the work
-// of the children alive at either reading too (relayd --max-requests keeps its workers).
+// of the children alive at either reading too (relayd --max-requests and --spares keep
+// workers).
+//
+// The reading must be one consistent snapshot, or the difference of two can go negative: a
+// child reaped between reading the parent's cutime and listing its live children is in neither
+// sum, and a zombie's threads are gone from /proc while its time is not yet in cutime. So the
+// reading is taken again while cutime moved under it or a child is a zombie (about to be
+// reaped); a few tries settle it.
 func readUsage(pid int) usage {
 	var u usage
-	dir := "/proc/" + strconv.Itoa(pid)
-	if b, err := os.ReadFile(dir + "/stat"); err == nil {
-		if i := bytes.LastIndexByte(b, ')'); i >= 0 {
-			// Fields after the command: state is field 3, cutime 16, cstime 17.
-			f := strings.Fields(string(b[i+1:]))
-			if len(f) > 14 {
-				cu, _ := strconv.ParseInt(f[13], 10, 64)
-				cs, _ := strconv.ParseInt(f[14], 10, 64)
-				u.children = time.Duration(cu+cs) * clockTick
-			}
+	for range 50 {
+		var stable bool
+		if u, stable = readUsageOnce(pid); stable {
+			break
 		}
+		time.Sleep(100 * time.Microsecond)
 	}
+	return u
+}
+
+// readUsageOnce reads pid's usage and reports whether the reading is consistent: cutime did
+// not change while the live children were listed, and none of them was a zombie.
+func readUsageOnce(pid int) (u usage, stable bool) {
+	dir := "/proc/" + strconv.Itoa(pid)
+	before, ok := reapedCPU(dir)
+	if !ok {
+		return u, true
+	}
+	u.children = before
+	stable = true
 	tasks, _ := os.ReadDir(dir + "/task")
 	for _, t := range tasks {
 		u.cpu += taskCPU(dir + "/task/" + t.Name())
 		if b, err := os.ReadFile(dir + "/task/" + t.Name() + "/children"); err == nil {
 			for _, c := range strings.Fields(string(b)) {
-				if cpid, err := strconv.Atoi(c); err == nil {
-					u.live += threadsCPU(cpid)
+				cpid, err := strconv.Atoi(c)
+				if err != nil {
+					continue
 				}
+				if procState(cpid) == 'Z' {
+					stable = false
+				}
+				u.live += threadsCPU(cpid)
 			}
 		}
 		if b, err := os.ReadFile(dir + "/task/" + t.Name() + "/status"); err == nil {
@@ -224,7 +244,45 @@ func readUsage(pid int) usage {
 			}
 		}
 	}
-	return u
+	if after, _ := reapedCPU(dir); after != before {
+		stable = false
+	}
+	return u, stable
+}
+
+// reapedCPU is the CPU time of the reaped children of the process whose /proc directory is
+// dir: its cutime and cstime.
+func reapedCPU(dir string) (time.Duration, bool) {
+	f := statFields(dir)
+	if len(f) <= 14 {
+		return 0, false
+	}
+	// Fields after the command: state is field 3, cutime 16, cstime 17.
+	cu, _ := strconv.ParseInt(f[13], 10, 64)
+	cs, _ := strconv.ParseInt(f[14], 10, 64)
+	return time.Duration(cu+cs) * clockTick, true
+}
+
+// procState is the state letter of process pid (R, S, Z, …), or 0 when it is gone.
+func procState(pid int) byte {
+	f := statFields("/proc/" + strconv.Itoa(pid))
+	if len(f) == 0 || f[0] == "" {
+		return 0
+	}
+	return f[0][0]
+}
+
+// statFields are the fields of dir/stat after the command name: the state first.
+func statFields(dir string) []string {
+	b, err := os.ReadFile(dir + "/stat")
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
 }
 
 // taskCPU is the run time of one thread, from its schedstat.
