@@ -56,9 +56,9 @@ test: ## Run every test: gofmt, vet, staticcheck, unit and end-to-end tests with
 BENCH_FLAGS ?=
 
 .PHONY: bench
-bench: build ## Run the benchmark (about 3 minutes; report also in bin/bench.md). It installs nothing: see bench-deps.
+bench: build ## Run the benchmark (about 3 minutes; report also in bin/bench.md, pictures in bin/bench.svg). It installs nothing: see bench-deps.
 	@command -v s6-ipcserver >/dev/null 2>&1 || echo "s6-ipcserver is not installed: its peer is skipped (make bench-deps installs it)"
-	$(GO) run ./bench --bin $(BIN) --out $(BIN)/bench.md $(BENCH_FLAGS)
+	$(GO) run ./bench --bin $(BIN) --out $(BIN)/bench.md --svg $(BIN)/bench.svg $(BENCH_FLAGS)
 
 .PHONY: bench-deps
 bench-deps: ## Install what the benchmark's peers need but Go does not bring: s6 (apt-get; needs root).
@@ -68,7 +68,7 @@ bench-deps: ## Install what the benchmark's peers need but Go does not bring: s6
 
 .PHONY: bench-smoke
 bench-smoke: build ## Run the benchmark on a few dozen messages, to prove that every measurement works.
-	$(GO) run ./bench --bin $(BIN) --smoke
+	$(GO) run ./bench --bin $(BIN) --smoke --svg $(BIN)/bench-smoke.svg --profile=$(BIN)/bench-smoke.pprof
 
 .PHONY: proto
 proto: ## Regenerate the plugin service's Go code and the Python example's module from sdk/plugin/pluginpb/worker.proto (needs protoc: installs protobuf-compiler when root with apt-get).

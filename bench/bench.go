@@ -242,7 +242,14 @@ func (b *bench) setup(ctx context.Context) error {
 		var srv *server
 		switch s.server {
 		case "relayd":
-			srv, err = b.startRelayd(ctx, "relayd", "--worker-arg=--delay=0s")
+			args := []string{"--worker-arg=--delay=0s"}
+			if cfg.profile != "" {
+				if !b.bins.profileSupported {
+					return fmt.Errorf("--profile: this relayd has no --cpu-profile")
+				}
+				args = append(args, "--cpu-profile="+cfg.profile)
+			}
+			srv, err = b.startRelayd(ctx, "relayd", args...)
 		case "spares":
 			srv, err = b.startRelayd(ctx, "relayd-spares", "--worker-arg=--delay=0s", "--spares="+strconv.Itoa(cfg.spares))
 		case "maxreq":
@@ -296,6 +303,16 @@ func (b *bench) setup(ctx context.Context) error {
 	}
 	b.rep.variants = b.variants
 	return nil
+}
+
+// profileTop returns the top of relayd's CPU profile as go tool pprof prints it, or a line
+// saying why there is none.
+func (b *bench) profileTop(ctx context.Context) string {
+	out, err := exec.CommandContext(ctx, b.cfg.goCmd, "tool", "pprof", "-top", "-nodecount=25", b.bins.relayd, b.cfg.profile).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("go tool pprof: %v\n%s", err, out)
+	}
+	return string(out)
 }
 
 // socketOf returns the socket path a relayd or s6-ipcserver was started with: the argument

@@ -22,6 +22,7 @@ type binaries struct {
 	sparesSupported bool   // relayd has --spares
 	// relayd has --max-requests
 	maxRequestsSupported bool
+	profileSupported     bool // relayd has --cpu-profile
 }
 
 // leanFlags builds the way the Makefile builds the worker: static and stripped, so that each
@@ -92,6 +93,7 @@ func build(ctx context.Context, cfg *config, tmp string) (binaries, error) {
 	}
 	b.sparesSupported = bytes.Contains(help, []byte("--spares"))
 	b.maxRequestsSupported = bytes.Contains(help, []byte("--max-requests"))
+	b.profileSupported = bytes.Contains(help, []byte("--cpu-profile"))
 	if p, err := exec.LookPath("s6-ipcserver"); err == nil {
 		b.s6ipcserver = p
 	}

@@ -34,8 +34,8 @@ const (
 // opTimeout bounds one message; a variant that takes longer is broken, not slow.
 const opTimeout = 30 * time.Second
 
-// leanEnv is the whole environment of every process the bench starts per message, as the issue
-// asks of the floor and the worker: one P, so the runtime starts no more threads than it needs.
+// leanEnv is the whole environment of every process the bench starts per message, as relayd
+// gives its workers: one P, so the runtime starts no more threads than it needs.
 var leanEnv = []string{"GOMAXPROCS=1"}
 
 // floorClient starts and waits for the empty binary.

@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -56,6 +57,8 @@ type config struct {
 	bin        string
 	goCmd      string
 	out        string
+	svg        string // where the pictures go, or ""
+	profile    string // where relayd's CPU profile goes, or ""
 	only       *regexp.Regexp
 	args       []string
 }
@@ -80,6 +83,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.bin, "bin", "", "directory holding relayd and worker (default: build them)")
 	fs.StringVar(&c.goCmd, "go", "go", "go command used to build the helper programs")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
+	fs.StringVar(&c.svg, "svg", "", "write the pictures (latency CDFs on a log scale, throughput against clients) to this SVG `file`")
+	fs.StringVar(&c.profile, "profile", "", "write a pprof CPU profile of the relayd of the \"relayd\" rows (a fresh worker per message) to this `file`, and its top functions to the report (default with no value: relayd.pprof beside --out)")
+	fs.Lookup("profile").NoOptDefVal = "auto"
 	only := fs.String("only", "", "run only the measurements whose name matches this regexp (e.g. '^relayd c1$', burst, soak, 'worker rss')")
 	fs.Usage = func() {
 		fmt.Fprintf(stdout, "Usage: relay-bench [flags]\n\nrelay-bench measures relayd against the cost of starting a process and against peers,\ninterleaved in one run, and prints a markdown report.\n\nFlags:\n%s", fs.FlagUsages())
@@ -89,6 +95,12 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if c.profile == "auto" {
+		c.profile = "relayd.pprof"
+		if c.out != "" {
+			c.profile = filepath.Join(filepath.Dir(c.out), "relayd.pprof")
+		}
 	}
 	if *only != "" {
 		re, err := regexp.Compile(*only)
@@ -164,6 +176,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		return err
 	}
 	rep.notes = append(rep.notes, servers.logs()...)
+	if cfg.profile != "" {
+		rep.profile = b.profileTop(ctx)
+	}
 	prog.close()
 	rep.elapsed = time.Since(began)
 	rep.machine.loadAfter = loadAvg()
@@ -174,6 +189,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	if cfg.out != "" {
 		if err := os.WriteFile(cfg.out, []byte(md), 0o644); err != nil {
+			return err
+		}
+	}
+	if cfg.svg != "" {
+		if err := os.WriteFile(cfg.svg, []byte(rep.svg()), 0o644); err != nil {
 			return err
 		}
 	}

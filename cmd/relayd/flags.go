@@ -47,6 +47,7 @@ type config struct {
 	metricsAddr     metricsAddr
 	nats            natsConfig
 	serviceFlags    []string
+	cpuProfile      string
 	// services are the services to serve, relay first, then in the order of the config file
 	// and of --service.
 	services []*serviceConfig
@@ -121,6 +122,7 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	)
 	fs.StringVar(&configPath, "config", "", "read settings from this HCL `file`: top-level keys are the long flag names, service \"NAME\" { … } blocks add services; flags given here win; SIGHUP re-reads it")
 	defineFlags(fs, cfg, rs)
+	fs.StringVar(&cfg.cpuProfile, "cpu-profile", "", "write a CPU profile of relayd (pprof) to this `file` from start to exit, for performance work (make bench --profile uses it)")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
 	help := fs.BoolP("help", "h", false, "show this help and exit")
 
