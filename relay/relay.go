@@ -67,7 +67,7 @@ type Config struct {
 	Backoff      supervisor.Backoff
 	ProbeBackoff supervisor.Backoff
 	// Budget throttles retries across all messages.
-	Budget *supervisor.RetryBudget
+	Budget *RetryBudget
 	// StatsInterval is the stats reporter's period; OnStats, if set, also gets each report.
 	StatsInterval time.Duration
 	OnStats       func(Stats)
@@ -122,7 +122,7 @@ func New(cfg Config) *Relay {
 		cfg.Rand = rand.Float64
 	}
 	if cfg.Budget == nil {
-		cfg.Budget = supervisor.NewRetryBudget(DefaultRetryTokens, DefaultRetryRatio)
+		cfg.Budget = NewRetryBudget(DefaultRetryTokens, DefaultRetryRatio)
 	}
 	if cfg.MaxWorkers <= 0 {
 		cfg.MaxWorkers = 1

@@ -148,7 +148,7 @@ func TestAnswers(t *testing.T) {
 		{data: "!flaky 2", wantData: `"!FLAKY 2"`},
 		{data: "!hang", wantCode: ipc.CodeTimeout, wantMsg: "did not answer within 300ms"},
 	}
-	h := startRelay(t, supervisor.Options{}, Config{MaxRestarts: 2, MessageTimeout: 300 * time.Millisecond, Budget: supervisor.NewRetryBudget(1000, 1)})
+	h := startRelay(t, supervisor.Options{}, Config{MaxRestarts: 2, MessageTimeout: 300 * time.Millisecond, Budget: NewRetryBudget(1000, 1)})
 	for _, tt := range tests {
 		t.Run(tt.data, func(t *testing.T) {
 			answers := h.send(TopicEcho, tt.data)
@@ -242,7 +242,7 @@ func TestUnavailableIsLoggedOnce(t *testing.T) {
 }
 
 func TestRetryBudgetStopsCrashStorm(t *testing.T) {
-	h := startRelay(t, supervisor.Options{}, Config{MaxWorkers: 1, MaxRestarts: 2, Budget: supervisor.NewRetryBudget(10, 0.1)})
+	h := startRelay(t, supervisor.Options{}, Config{MaxWorkers: 1, MaxRestarts: 2, Budget: NewRetryBudget(10, 0.1)})
 	var paused int
 	for range 10 {
 		r := waitAnswer(t, h.send(TopicEcho, "!crash"))
@@ -302,7 +302,7 @@ func TestRetryBackoffTiming(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer host.Close()
-		r := New(Config{Host: host, MaxWorkers: 4, Queue: 4, MaxRestarts: 3, Rand: func() float64 { return 0 }, Budget: supervisor.NewRetryBudget(1000, 1),
+		r := New(Config{Host: host, MaxWorkers: 4, Queue: 4, MaxRestarts: 3, Rand: func() float64 { return 0 }, Budget: NewRetryBudget(1000, 1),
 			Backoff: supervisor.Backoff{Initial: 100 * time.Millisecond, Max: 250 * time.Millisecond, Multiplier: 2}})
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()

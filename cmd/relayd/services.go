@@ -30,7 +30,7 @@ type services struct {
 	hard  context.Context
 	log   hclog.Logger
 	mx    *metricsEndpoint
-	names supervisor.Registry[chan<- *relay.Message]
+	names relay.Registry[chan<- *relay.Message]
 
 	// mu guards live for the metrics scrape; only run's goroutine changes it.
 	mu   sync.Mutex
