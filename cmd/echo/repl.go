@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/term"
 
@@ -17,16 +19,20 @@ import (
 // answer, a timeout or an error, until an empty line, EOF (Ctrl+D) or Ctrl+C. It keeps one
 // connection and dials again when that breaks, so the relay may come and go while it runs.
 func repl(ctx context.Context, o options, in, out *os.File, color paint) error {
-	r := &session{o: o, out: out, color: color}
-	defer r.close()
-
-	fmt.Fprintln(out, color.cyan("Echo Client"))
-	fmt.Fprintln(out, color.dim("Type messages to echo. Ctrl+C to exit.\n"))
-
 	t := term.NewTerminal(struct {
 		io.Reader
 		io.Writer
 	}{in, out}, color.yellow("> "))
+	lateCtx, cancelLate := context.WithCancel(ctx)
+	r := &session{o: o, out: out, late: t, lateCtx: lateCtx, color: color}
+	defer func() {
+		cancelLate()
+		r.close()
+	}()
+
+	fmt.Fprintln(out, color.cyan("Echo Client"))
+	fmt.Fprintln(out, color.dim("Type messages to echo. Ctrl+C to exit.\n"))
+
 	var err error
 	for {
 		var line string
@@ -86,40 +92,88 @@ type session struct {
 	out   io.Writer
 	color paint
 	c     *ipc.Client // nil until the first message and after the connection broke
+
+	// late is where an answer that comes after its timeout is printed: the terminal, which
+	// clears and redraws the prompt and the line being typed around it. lateCtx ends the
+	// waits for such answers when the REPL ends; lateWG counts them.
+	late    io.Writer
+	lateCtx context.Context
+	lateWG  sync.WaitGroup
 }
 
+// close ends the waits for late answers and the connection.
 func (r *session) close() {
 	if r.c != nil {
 		r.c.Close()
 	}
+	r.lateWG.Wait()
 }
 
-// ask sends msg and prints what came of it, as the tutorial's CLI does.
+// waited is what came of waiting for an answer.
+type waited struct {
+	a   ipc.Answer
+	err error
+}
+
+// ask sends msg and prints what came of it, as the tutorial's CLI does. After --timeout it
+// prints "timeout", as the tutorial does, but says that relayd may still be at it: relayd gives
+// a message up to its own --message-timeout and retries a failed worker, so the answer, or the
+// error that ends it, often comes later. It is then printed as a late answer, naming the
+// message, never as the answer to the next one.
 func (r *session) ask(ctx context.Context, msg string) {
 	call, err := r.send(ctx, msg)
 	if err != nil {
 		r.println(r.color.dim("  error: relay not available"))
 		return
 	}
-	wctx, cancel := context.WithDeadline(ctx, call.Sent.Add(r.o.timeout))
-	defer cancel()
-	a, err := r.c.Wait(wctx, call)
+	c := r.c
+	wctx, cancel := context.WithCancel(r.lateCtx)
+	done := make(chan waited, 1)
+	go func() {
+		a, err := c.Wait(wctx, call)
+		done <- waited{a, err}
+	}()
+	timer := time.NewTimer(time.Until(call.Sent.Add(r.o.timeout)))
+	defer timer.Stop()
+	select {
+	case w := <-done:
+		cancel()
+		r.print(w, "  ")
+	case <-ctx.Done():
+		// Interrupted; the caller says goodbye.
+		cancel()
+		<-done
+	case <-timer.C:
+		r.println(r.color.dim(fmt.Sprintf("  timeout (no answer within %v; relayd may still be working on it: its answer will show here)", r.o.timeout)))
+		r.lateWG.Go(func() {
+			defer cancel()
+			w := <-done
+			if w.err != nil {
+				return // The REPL ended or the connection broke: nothing more will come.
+			}
+			var b strings.Builder
+			p := &session{o: r.o, out: &b, color: r.color}
+			p.print(w, fmt.Sprintf("  late answer to %q: ", msg))
+			io.WriteString(r.late, b.String())
+		})
+	}
+}
+
+// print prints an answer, an error reply or why there is none, the first line after prefix.
+func (r *session) print(w waited, prefix string) {
+	a, err := w.a, w.err
 	switch {
 	case err == nil && a.Error != nil:
-		r.println(r.color.dim("  error: " + a.Error.Error()))
+		r.println(r.color.dim(prefix + "error: " + a.Error.Error()))
 	case err == nil:
 		text := dataText(a.Data)
 		if r.o.json {
 			text = string(a.Raw)
 		}
-		r.println(r.color.green("  " + strings.ReplaceAll(text, "\n", "\n  ")))
+		r.println(r.color.green(prefix + strings.ReplaceAll(text, "\n", "\n  ")))
 		if w := a.Worker; w != nil && !r.o.json {
 			r.println(r.color.dim(fmt.Sprintf("  from worker: {%s|%d}", w.Host, w.PID)))
 		}
-	case ctx.Err() != nil:
-		// Interrupted; the caller says goodbye.
-	case errors.Is(err, context.DeadlineExceeded):
-		r.println(r.color.dim("  timeout"))
 	default:
 		// The connection broke before the answer came; the next message dials again.
 		r.println(r.color.dim("  error: relay not available"))
