@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -314,4 +316,68 @@ func TestSlowConsumerNotFatal(t *testing.T) {
 		_, err := conn.Request("relayd.relay.echo", []byte(`"after"`), 2*time.Second)
 		return err
 	})
+}
+
+// runEcho runs the echo client with args and stdin, and returns its stdout, stderr and exit code.
+func runEcho(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "echo"), args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("running echo %v: %v", args, err)
+	}
+	return out.String(), errOut.String(), code
+}
+
+// relay-echo speaks NATS in one-shot, pipe, --stats and --status mode, core and durable.
+func TestEchoThroughNATS(t *testing.T) {
+	nc := startCluster(t, 1)
+	url := nc.urls()
+	for i := range 2 {
+		startNode(t, fmt.Sprintf("node%d", i+1), url, "--nats-durable", "--worker-arg=--delay=0s")
+	}
+	waitNodes(t, dial(t, url, false), "relay", 2)
+
+	for _, tc := range []struct {
+		name, stdin string
+		args        []string
+		want        string
+	}{
+		{"one-shot", "", []string{"--nats", url, "hello", "world"}, "HELLO WORLD\n"},
+		{"one-shot durable", "", []string{"--nats", url, "--nats-durable", "hello"}, "HELLO\n"},
+		{"pipe", "a\nb\nc\n", []string{"--nats", url}, "A\nB\nC\n"},
+		{"pipe durable", "x\ny\n", []string{"--nats", url, "--nats-durable"}, "X\nY\n"},
+	} {
+		out, errOut, code := runEcho(t, tc.stdin, tc.args...)
+		if out != tc.want || code != 0 {
+			t.Errorf("%s: stdout %q, exit %d (stderr %q), want %q and 0", tc.name, out, code, errOut, tc.want)
+		}
+	}
+
+	out, errOut, code := runEcho(t, "", "--nats", url, "--stats")
+	if code != 0 || !strings.Contains(out, "node node1 ") || !strings.Contains(out, "node node2 ") || !strings.Contains(out, "\nmessages ") {
+		t.Errorf("--stats: exit %d, stdout:\n%s\nstderr: %s\nwant a block of counters for node1 and node2", code, out, errOut)
+	}
+	out, _, code = runEcho(t, "", "--nats", url, "--status", "--json")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != 2 || !strings.Contains(out, `"names":["relay"]`) {
+		t.Errorf("--status --json: exit %d, stdout:\n%s\nwant one status line per node", code, out)
+	}
+
+	start := time.Now()
+	out, errOut, code = runEcho(t, "", "--nats", url, "--to", "nosuch", "hello")
+	if code != 1 || !strings.Contains(errOut, "unavailable") || out != "" || time.Since(start) > 10*time.Second {
+		t.Errorf("a name no node serves: exit %d after %v, stderr %q, want 1 and unavailable at once", code, time.Since(start), errOut)
+	}
+	_, errOut, code = runEcho(t, "", "--nats", fmt.Sprintf("nats://127.0.0.1:%d", freePort(t)), "hello")
+	if code != 3 || !strings.Contains(errOut, "relay not available on NATS") {
+		t.Errorf("no NATS server: exit %d, stderr %q, want 3 and relay not available", code, errOut)
+	}
 }

@@ -47,6 +47,7 @@ var modes = []struct{ cmd, what string }{
 	{"--stats", "prints the relay's counters as sorted \"name value\" lines"},
 	{"--status", "prints the registered names, a table of the live workers (PID, AGE,\nSTATE busy, idle or starting, ATTEMPT, SENDER connection, MESSAGE id) and a\nstats line; with --json the reply frame"},
 	{"--top", "on a terminal, a live view of the stats and workers that refreshes once\na second, like top (q or Ctrl+C quits; the last frame stays); otherwise\n--count snapshots a second apart (default 1), or with --json one status\nframe a line"},
+	{"--nats URL", "any mode but --top through relayd nodes on NATS instead of the socket:\nthe REPL names the node that answered; --stats and --status print every\nnode's, a block per node (with --json a line per node); --nats-durable\nsends requests that survive a node's crash"},
 }
 
 // usageHead is the help above the flags, in the words of the name echo was invoked as.
@@ -102,6 +103,15 @@ type options struct {
 	count   int
 	to      string
 	topic   string
+	nats    natsOptions
+}
+
+// where names what echo talks to, for its messages: the socket's path or the NATS URL.
+func (o options) where() string {
+	if o.nats.url != "" {
+		return "NATS " + o.nats.url
+	}
+	return o.socket
 }
 
 // exitError carries an exit code. A nil err means the message was already printed.
@@ -170,6 +180,7 @@ func run(ctx context.Context, args []string, lookupEnv env, stdin io.Reader, std
 	fs.IntVar(&o.count, "count", 0, "with --top: stop after `N` refreshes (0: until q, Ctrl+C or SIGTERM; default 0 on a terminal, 1 otherwise)")
 	fs.StringVar(&o.to, "to", "relay", "the registered `name` to send messages to")
 	fs.StringVar(&o.topic, "topic", "echo", "the `topic` of each message")
+	addNATSFlags(fs, &o.nats)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 
 	switch err := fs.Parse(args); {
@@ -199,6 +210,9 @@ func run(ctx context.Context, args []string, lookupEnv env, stdin io.Reader, std
 		return exitf(exitUsage, "--count goes with --top")
 	case o.count < 0:
 		return exitf(exitUsage, "--count must not be negative, not %d", o.count)
+	}
+	if err := checkNATS(fs, &o, fs.NArg() == 0 && !o.stats && !o.status && isTerminal(stdin) && isTerminal(stdout)); err != nil {
+		return err
 	}
 	if o.top && !fs.Changed("count") && (o.json || !isTerminal(stdout)) {
 		o.count = 1

@@ -91,7 +91,7 @@ type session struct {
 	o     options
 	out   io.Writer
 	color paint
-	c     *ipc.Client // nil until the first message and after the connection broke
+	c     conn // nil until the first message and after the connection broke
 
 	// late is where an answer that comes after its timeout is printed: the terminal, which
 	// clears and redraws the prompt and the line being typed around it. lateCtx ends the
@@ -172,7 +172,11 @@ func (r *session) print(w waited, prefix string) {
 		}
 		r.println(r.color.green(prefix + strings.ReplaceAll(text, "\n", "\n  ")))
 		if w := a.Worker; w != nil && !r.o.json {
-			r.println(r.color.dim(fmt.Sprintf("  from worker: {%s|%d}", w.Host, w.PID)))
+			from := fmt.Sprintf("  from worker: {%s|%d}", w.Host, w.PID)
+			if w.Node != "" {
+				from += " on node " + w.Node
+			}
+			r.println(r.color.dim(from))
 		}
 	default:
 		// The connection broke before the answer came; the next message dials again.

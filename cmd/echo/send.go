@@ -29,12 +29,15 @@ const exitInterrupted = 130
 var errInterrupted = &exitError{code: exitInterrupted, err: errors.New("interrupted")}
 
 // dial connects to relayd, bounding the attempt by timeout. Its error is the exit-3 message.
-func dial(ctx context.Context, o options) (*ipc.Client, error) {
+func dial(ctx context.Context, o options) (conn, error) {
+	if o.nats.url != "" {
+		return dialNATS(ctx, o)
+	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	c, err := ipc.Dial(ctx, o.socket)
 	if err != nil {
-		return nil, exitf(exitUnavailable, "relay not available at %s: %v", o.socket, reason(err))
+		return nil, exitf(exitUnavailable, "relay not available at %s: %v", o.where(), reason(err))
 	}
 	return c, nil
 }
@@ -62,10 +65,10 @@ func ask(ctx context.Context, o options, topic string, data any) (ipc.Answer, er
 
 // askOn sends one message on c and waits up to --timeout for its answer, turning what went
 // wrong into echo's exit codes: relay not available, timeout, or interrupted.
-func askOn(ctx context.Context, c *ipc.Client, o options, topic string, data any, last bool) (ipc.Answer, error) {
+func askOn(ctx context.Context, c conn, o options, topic string, data any, last bool) (ipc.Answer, error) {
 	call, err := c.Send(o.to, topic, data)
 	if err != nil {
-		return ipc.Answer{}, exitf(exitUnavailable, "relay not available at %s: %v", o.socket, reason(err))
+		return ipc.Answer{}, exitf(exitUnavailable, "relay not available at %s: %v", o.where(), reason(err))
 	}
 	if last {
 		_ = c.CloseWrite()
@@ -112,6 +115,9 @@ func oneShot(ctx context.Context, o options, msg string, stdout io.Writer) error
 
 // stats asks the relay for its counters and prints them.
 func stats(ctx context.Context, o options, stdout io.Writer) error {
+	if o.nats.url != "" {
+		return gather(ctx, o, false, stdout)
+	}
 	return askAndShow(ctx, o, "stats", stdout, writeStats)
 }
 
@@ -194,7 +200,7 @@ func pipe(ctx context.Context, o options, stdin io.Reader, stdout, stderr io.Wri
 
 // sendLines reads stdin and sends each line, queueing the calls in input order. It closes queue
 // when it is done.
-func sendLines(c *ipc.Client, o options, stdin io.Reader, queue chan<- sent, stop <-chan struct{}) error {
+func sendLines(c conn, o options, stdin io.Reader, queue chan<- sent, stop <-chan struct{}) error {
 	defer close(queue)
 	lr := ipc.NewLineReader(stdin, maxInputLine)
 	for n := 1; ; n++ {
@@ -212,7 +218,7 @@ func sendLines(c *ipc.Client, o options, stdin io.Reader, queue chan<- sent, sto
 		default:
 			msg := strings.TrimSuffix(string(line), "\r")
 			if s.call, err = c.Send(o.to, o.topic, msg); err != nil {
-				s.err = fmt.Errorf("relay not available at %s: %v", o.socket, reason(err))
+				s.err = fmt.Errorf("relay not available at %s: %v", o.where(), reason(err))
 				s.lost = true
 			}
 		}
@@ -230,7 +236,7 @@ func sendLines(c *ipc.Client, o options, stdin io.Reader, queue chan<- sent, sto
 // answerLine waits for the answer to line s and prints it: its data (or frame) on out, or an
 // empty line there and the reason on stderr. It returns the line's exit code and whether the
 // pipe must stop.
-func answerLine(ctx context.Context, c *ipc.Client, o options, s sent, out *bufio.Writer, stderr io.Writer) (code int, abort bool) {
+func answerLine(ctx context.Context, c conn, o options, s sent, out *bufio.Writer, stderr io.Writer) (code int, abort bool) {
 	fail := func(code int, format string, args ...any) int {
 		out.Flush() // Keep stdout and stderr in step when both go to one terminal.
 		fmt.Fprintf(stderr, "%s: line %d: %s\n", progName, s.n, fmt.Sprintf(format, args...))

@@ -24,6 +24,9 @@ const topicStatus = "status"
 // status asks the relay for its names and live workers and prints them as a table, or with
 // --json the reply frame.
 func status(ctx context.Context, o options, stdout io.Writer) error {
+	if o.nats.url != "" {
+		return gather(ctx, o, true, stdout)
+	}
 	return askAndShow(ctx, o, topicStatus, stdout, func(w io.Writer, data json.RawMessage) error {
 		st, err := parseStatus(data)
 		if err != nil {
@@ -158,7 +161,7 @@ func clean(s string) string {
 // --top does once a second.
 type poller struct {
 	o options
-	c *ipc.Client
+	c conn
 }
 
 func (p *poller) close() {
