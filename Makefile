@@ -40,6 +40,10 @@ run: build ## Start relayd on a private socket and open the echo REPL; relayd st
 	echo "relayd $$(cat "$$dir/pid") on $$sock (log: $$log, removed when the REPL ends)"; \
 	RELAY_SOCKET="$$sock" $(BIN)/echo
 
+.PHONY: run-cluster
+run-cluster: build ## Start an embedded NATS server (JetStream on) and three relayd nodes on it, and open the echo REPL through NATS; it shows which node answered. All of it stops when the REPL ends.
+	$(GO) run ./internal/runcluster --bin $(BIN) --relayd-args "$(RUN_FLAGS)"
+
 .PHONY: test
 test: ## Run every test: gofmt, vet, staticcheck, unit and end-to-end tests with the race detector, a short fuzz run, the unit-file and install checks, a benchmark smoke run.
 	@fmt=$$(gofmt -l .); if [ -n "$$fmt" ]; then echo "gofmt would change:"; echo "$$fmt"; exit 1; fi
