@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"relayd/ipc"
 )
 
 var update = flag.Bool("update", false, "rewrite the expected files of failing cmp commands in testdata/*.txtar")
@@ -35,6 +39,8 @@ var update = flag.Bool("update", false, "rewrite the expected files of failing c
 //	waitfile [-timeout=D] path     wait (default 5s) until path exists
 //	signal -SIG program            send SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGKILL, SIGUSR1 or
 //	                               SIGUSR2 to the background commands running program
+//	waitstats [-timeout=D] K=N...  wait (default 10s) until relayd's stats (at $RELAY_SOCKET)
+//	                               show each number K equal to N, e.g. messages=3 in_flight=1
 //	sleep D                        pause the script
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
@@ -53,11 +59,12 @@ func TestScripts(t *testing.T) {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"exitcode": cmdExitcode,
-			"waitsock": cmdWaitsock,
-			"waitfile": cmdWaitfile,
-			"signal":   cmdSignal,
-			"sleep":    cmdSleep,
+			"exitcode":  cmdExitcode,
+			"waitsock":  cmdWaitsock,
+			"waitfile":  cmdWaitfile,
+			"signal":    cmdSignal,
+			"sleep":     cmdSleep,
+			"waitstats": cmdWaitstats,
 		},
 	})
 }
@@ -131,6 +138,74 @@ func cmdWaitfile(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// cmdWaitstats waits for relayd to reach a state a script needs before its next step, such
+// as every line of a pipe read and one message still running, instead of sleeping.
+func cmdWaitstats(ts *testscript.TestScript, neg bool, args []string) {
+	if neg {
+		ts.Fatalf("unsupported: ! waitstats")
+	}
+	d, args := timeoutArg(ts, args)
+	if d == 5*time.Second {
+		d = 10 * time.Second
+	}
+	if len(args) == 0 {
+		ts.Fatalf("usage: waitstats [-timeout=D] KEY=N...")
+	}
+	want := map[string]float64{}
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		n, err := strconv.ParseFloat(v, 64)
+		if !ok || err != nil {
+			ts.Fatalf("waitstats: %q is not KEY=N", a)
+		}
+		want[k] = n
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var last string
+	for {
+		got, err := relayStats(ctx, ts.Getenv("RELAY_SOCKET"))
+		if err == nil {
+			last = fmt.Sprint(got)
+			match := true
+			for k, n := range want {
+				if v, ok := got[k].(float64); !ok || v != n {
+					match = false
+				}
+			}
+			if match {
+				return
+			}
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			ts.Fatalf("relayd's stats did not reach %v within %v; last: %s", want, d, last)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// relayStats asks relayd for its stats.
+func relayStats(ctx context.Context, socket string) (map[string]any, error) {
+	c, err := ipc.Dial(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	call, err := c.Send("relay", "stats", nil)
+	if err != nil {
+		return nil, err
+	}
+	a, err := c.Wait(ctx, call)
+	if err != nil {
+		return nil, err
+	}
+	var s map[string]any
+	return s, json.Unmarshal(a.Data, &s)
 }
 
 var signals = map[string]syscall.Signal{

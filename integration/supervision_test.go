@@ -82,9 +82,26 @@ func stats(t *testing.T, socket string) map[string]any {
 // afterwards relayd must have no descendants, and its descriptors and goroutines must be back
 // where they started.
 func TestChaos(t *testing.T) {
-	sock := filepath.Join(shortTempDir(t), "s")
-	r := startRelayd(t, sock, "--allow-fault-injection", "--worker-arg=--delay=5ms",
-		"--message-timeout=1s", "--kill-grace=200ms", "--max-workers=32", "--max-restarts=2",
+	dir := shortTempDir(t)
+	sock := filepath.Join(dir, "s")
+	// Directives that never answer go to a service of their own with a short deadline; the
+	// rest have a deadline no busy machine reaches (spinning workers eat both CPUs for a
+	// second each), so that a timeout there is a real failure, not a slow machine.
+	conf := filepath.Join(dir, "relayd.hcl")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`
+service "stall" {
+  worker                = %q
+  args                  = ["--delay=5ms"]
+  allow-fault-injection = true
+  message-timeout       = "1s"
+  kill-grace            = "200ms"
+  max-workers           = 32
+}
+`, filepath.Join(binDir, "worker"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := startRelayd(t, sock, "--config", conf, "--allow-fault-injection", "--worker-arg=--delay=5ms",
+		"--message-timeout=20s", "--kill-grace=200ms", "--max-workers=32", "--max-restarts=2",
 		"--worker-rlimit-data=256MiB", "--stats-interval=0", "--log-level=warn")
 	pid := r.cmd.Process.Pid
 	baseFDs := fdCount(pid)
@@ -94,26 +111,27 @@ func TestChaos(t *testing.T) {
 	directives := []struct {
 		data  string
 		codes []string
+		to    string // the service, "relay" if empty
 	}{
-		{"hello", []string{""}},
-		{"straße", []string{""}},
-		{"!crash", []string{ipc.CodeWorkerFailed}},
-		{"!exit 3", []string{ipc.CodeWorkerFailed}},
-		{"!panic", []string{ipc.CodeWorkerFailed}},
-		{"!segv", []string{ipc.CodeWorkerFailed}},
-		{"!garbage", []string{ipc.CodeWorkerFailed}},
-		{"!noreply", []string{ipc.CodeWorkerFailed}},
-		{"!hang", []string{ipc.CodeTimeout}},
-		{"!spin", []string{ipc.CodeTimeout}},
-		{"!oom", []string{ipc.CodeWorkerFailed, ipc.CodeTimeout}},
-		{"!sleep 20ms", []string{""}},
-		{"!fork", []string{""}},
-		{"!stderr 5", []string{""}},
-		{"!env", []string{""}},
-		{"!fds", []string{""}},
-		{"!rlimits", []string{""}},
+		{data: "hello", codes: []string{""}},
+		{data: "straße", codes: []string{""}},
+		{data: "!crash", codes: []string{ipc.CodeWorkerFailed}},
+		{data: "!exit 3", codes: []string{ipc.CodeWorkerFailed}},
+		{data: "!panic", codes: []string{ipc.CodeWorkerFailed}},
+		{data: "!segv", codes: []string{ipc.CodeWorkerFailed}},
+		{data: "!garbage", codes: []string{ipc.CodeWorkerFailed}},
+		{data: "!noreply", codes: []string{ipc.CodeWorkerFailed}},
+		{data: "!hang", codes: []string{ipc.CodeTimeout}, to: "stall"},
+		{data: "!spin", codes: []string{ipc.CodeTimeout}, to: "stall"},
+		{data: "!oom", codes: []string{ipc.CodeWorkerFailed, ipc.CodeTimeout}},
+		{data: "!sleep 20ms", codes: []string{""}},
+		{data: "!fork", codes: []string{""}},
+		{data: "!stderr 5", codes: []string{""}},
+		{data: "!env", codes: []string{""}},
+		{data: "!fds", codes: []string{""}},
+		{data: "!rlimits", codes: []string{""}},
 		// A crash storm may pause retries; then a flaky message fails instead.
-		{"!flaky 1", []string{"", ipc.CodeWorkerFailed}},
+		{data: "!flaky 1", codes: []string{"", ipc.CodeWorkerFailed}},
 	}
 	const clients, rounds = 4, 3
 	start := time.Now()
@@ -136,7 +154,11 @@ func TestChaos(t *testing.T) {
 			for round := range rounds {
 				for k := range directives {
 					i := (k + c + round) % len(directives)
-					call, err := conn.Send("relay", "echo", directives[i].data)
+					to := directives[i].to
+					if to == "" {
+						to = "relay"
+					}
+					call, err := conn.Send(to, "echo", directives[i].data)
 					if err != nil {
 						t.Error(err)
 						return
