@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -85,11 +86,18 @@ func NewRPCConn(conn net.Conn, logger hclog.Logger) (*RPCConn, error) {
 // Worker returns the dispensed worker.
 func (c *RPCConn) Worker() Worker { return &RPCClient{Client: c.worker} }
 
-// Quit asks the plugin to stop serving, which ends a plugin served by go-plugin. A plugin that
-// exits before its answer arrives has quit too.
-func (c *RPCConn) Quit() error {
+// Quit asks the plugin to stop serving, which ends a plugin served by go-plugin, and waits for
+// its answer until ctx is done. A plugin that exits before its answer arrives has quit too.
+func (c *RPCConn) Quit(ctx context.Context) error {
 	var empty struct{}
-	err := c.control.Call("Control.Quit", true, &empty)
+	call := c.control.Go("Control.Quit", true, &empty, make(chan *rpc.Call, 1))
+	var err error
+	select {
+	case <-call.Done:
+		err = call.Error
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, rpc.ErrShutdown) || errors.Is(err, io.EOF) {
 		return nil
 	}

@@ -95,7 +95,7 @@ func start(t *testing.T, transport string) (plugin.Worker, *goplugin.Client, fun
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rc.Close() })
-	return rc.Worker(), pc, func() error { err := rc.Quit(); rc.Close(); return err }
+	return rc.Worker(), pc, func() error { err := rc.Quit(context.Background()); rc.Close(); return err }
 }
 
 func TestTransports(t *testing.T) {
