@@ -99,7 +99,8 @@ func build(dir string) error {
 			return err
 		}
 	}
-	return nil
+	// The worker's go-plugin mode, which the worker execs from its own directory.
+	return testbin.Build(filepath.Join(dir, "worker-plugin"), nil, []string{"-tags=goplugin"}, "relayd/cmd/worker")
 }
 
 // shortTempDir returns a new directory for sockets, removed at the end of the test. t.TempDir

@@ -54,7 +54,7 @@ func (h *Host) forwardStderr(p *proc) {
 			continue
 		}
 		tokens--
-		h.log.Info("worker stderr", "pid", p.pid, "line", string(line))
+		h.logStderrLine(p.pid, line)
 	}
 	if trace != nil {
 		h.log.Error("worker crash report", "pid", p.pid, "trace", string(trace))

@@ -57,9 +57,11 @@ type config struct {
 
 // serviceConfig is one service's settings.
 type serviceConfig struct {
-	name           string
-	worker         string
-	transport      string
+	name      string
+	worker    string
+	transport string
+	// pluginStart bounds a go-plugin worker's start, from fork to its handshake line.
+	pluginStart    time.Duration
 	workerArgs     []string
 	envNames       []string
 	faults         bool
@@ -224,9 +226,7 @@ func (s *serviceConfig) finish(getenv func(string) string) error {
 		s.worker = defaultWorker()
 	}
 	switch s.transport {
-	case "stdio":
-	case "netrpc", "grpc":
-		return fmt.Errorf("transport %q: go-plugin workers are not served yet; use stdio", s.transport)
+	case "stdio", "netrpc", "grpc":
 	default:
 		return fmt.Errorf("transport %q: want stdio, netrpc or grpc", s.transport)
 	}

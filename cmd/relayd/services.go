@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"relayd/metrics"
+	"relayd/pluginhost"
 	"relayd/relay"
 	"relayd/supervisor"
 )
@@ -63,6 +64,14 @@ func (ss *services) start(c *config, s *serviceConfig) error {
 		MaxRequests: s.maxRequests,
 		MaxIdle:     max(8, s.spares),
 		Logger:      log.Named("worker"),
+	}
+	if s.transport != "stdio" {
+		opts.Transport = &pluginhost.Transport{
+			Protocol:     s.transport,
+			StartTimeout: s.pluginStart,
+			StopGrace:    s.killGrace,
+			Logger:       log.Named("plugin"),
+		}
 	}
 	rc := relay.Config{
 		Name:          s.name,

@@ -14,6 +14,7 @@ import (
 
 	"relayd/cluster"
 	"relayd/ipc"
+	"relayd/pluginhost"
 )
 
 // scope says where a setting may be given.
@@ -106,7 +107,10 @@ var settings = []setting{
 		fs.StringArrayVar(&s.envNames, "worker-env", nil, "pass this environment variable `KEY` from relayd to workers (repeatable)")
 	}},
 	{name: "transport", scope: perService, service: func(fs *pflag.FlagSet, s *serviceConfig) {
-		fs.StringVar(&s.transport, "transport", "stdio", "how relayd talks to workers: stdio (NDJSON on stdin and stdout); netrpc and grpc are go-plugin's")
+		fs.StringVar(&s.transport, "transport", "stdio", "how relayd talks to workers: stdio (NDJSON on stdin and stdout); netrpc and grpc run go-plugin plugins (relayd/sdk/plugin; the echo worker serves both)")
+	}},
+	{name: "plugin-start-timeout", scope: perService, service: func(fs *pflag.FlagSet, s *serviceConfig) {
+		fs.DurationVar(&s.pluginStart, "plugin-start-timeout", pluginhost.DefaultStartTimeout, "time a go-plugin worker (transport netrpc or grpc) has from its start to its handshake line; a plugin that has not shaken hands by then is stopped, and the error names what it printed")
 	}},
 	{name: "allow-fault-injection", scope: perService, applied: toHost, service: func(fs *pflag.FlagSet, s *serviceConfig) {
 		fs.BoolVar(&s.faults, "allow-fault-injection", false, "let workers obey fault directives such as !crash (sets RELAY_FAULTS=1; for testing only)")

@@ -15,6 +15,7 @@ service (service "plugin"), go-plugin's controller (Shutdown), and the handshake
 for a port it binds itself, so that plugins started at once never collide.
 """
 
+import argparse
 import datetime
 import json
 import os
@@ -69,6 +70,11 @@ def handle(request, context):
 
 
 def main():
+    parser = argparse.ArgumentParser(description="A relayd worker plugin in Python, over gRPC.")
+    parser.add_argument("--without-controller", action="store_true",
+                        help="do not serve go-plugin's controller, as many plugins in other languages "
+                             "do not: relayd then stops the plugin with SIGTERM")
+    args = parser.parse_args()
     if os.environ.get(MAGIC_COOKIE_KEY) != MAGIC_COOKIE_VALUE:
         print("This is a relayd plugin: relayd starts it for a service with transport \"grpc\".",
               file=sys.stderr)
@@ -84,8 +90,7 @@ def main():
         return HEALTH_SERVING
 
     identity = lambda b: b  # noqa: E731 - raw bytes in and out
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((
+    handlers = [
         grpc.method_handlers_generic_handler("relayd.plugin.v1.Worker", {
             "Handle": grpc.unary_unary_rpc_method_handler(
                 handle,
@@ -96,11 +101,14 @@ def main():
             "Check": grpc.unary_unary_rpc_method_handler(
                 health_check, request_deserializer=identity, response_serializer=identity),
         }),
-        grpc.method_handlers_generic_handler("plugin.GRPCController", {
+    ]
+    if not args.without_controller:
+        handlers.append(grpc.method_handlers_generic_handler("plugin.GRPCController", {
             "Shutdown": grpc.unary_unary_rpc_method_handler(
                 shutdown, request_deserializer=identity, response_serializer=identity),
-        }),
-    ))
+        }))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(handlers)
     # Port 0: the kernel picks a free port, so plugins started at once never collide.
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -119,12 +119,14 @@ func (c *RPCConn) Close() error {
 
 var grpcLoggerOnce sync.Once
 
-// SetGRPCLogger sends gRPC's own log, which goes to standard error by default, to logger. Call
-// it once, before any gRPC connection is made; later calls do nothing.
+// SetGRPCLogger sends gRPC's own log, which goes to standard error by default, to logger: its
+// errors as warnings, its warnings and information at debug level (a plugin that exits makes
+// gRPC warn of connections it cannot make again, which relayd's EXIT event already explains).
+// Call it before any gRPC connection is made; later calls do nothing.
 func SetGRPCLogger(logger hclog.Logger) {
 	grpcLoggerOnce.Do(func() {
-		w := logger.StandardWriter(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
-		ew := logger.StandardWriter(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn})
-		grpclog.SetLoggerV2(grpclog.NewLoggerV2(w, ew, ew))
+		debug := logger.StandardWriter(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
+		warn := logger.StandardWriter(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn})
+		grpclog.SetLoggerV2(grpclog.NewLoggerV2(debug, debug, warn))
 	})
 }
