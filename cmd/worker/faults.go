@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -23,7 +25,7 @@ import (
 //
 // Replies: directives that end in a normal reply (!sleep, !stderr, !fork and !flaky once it
 // passes) echo the directive itself uppercased, like any other data, so a relayd test sees an
-// ordinary echo. The diagnostic directives (!env, !fds, !rlimits) reply with what they report,
+// ordinary echo. The diagnostic directives (!env, !fds, !rlimits, !net, !write, !scratch) reply with what they report,
 // not uppercased. Data that starts with "!" but names no directive is ordinary data. A known
 // directive with a malformed argument gets an error reply rather than a guess.
 
@@ -188,6 +190,62 @@ var directives = []directive{
 			}
 			return true, w.replyText(c.id, limits)
 		}},
+	{name: "!net", arg: "HOST:PORT", check: func(s string) bool { _, err := netip.ParseAddrPort(s); return err == nil },
+		does: "connect to an IP address over TCP", outcome: "the reply: connected, or the error",
+		act: func(w *worker, c call) (bool, error) { return true, w.replyText(c.id, tryConnect(c.arg)) }},
+	{name: "!write", arg: "PATH", does: "create the file PATH", outcome: "the reply: written, or the error",
+		act: func(w *worker, c call) (bool, error) { return true, w.replyText(c.id, tryCreate(c.arg)) }},
+	{name: "!scratch", does: "write a file in $TMPDIR", outcome: "the reply: the path of $TMPDIR, or the error",
+		act: func(w *worker, c call) (bool, error) {
+			dir := lookupEnv(w.environ, "TMPDIR")
+			if dir == "" {
+				return true, w.replyText(c.id, "TMPDIR is not set")
+			}
+			if msg := tryCreate(filepath.Join(dir, "scratch-check")); msg != "written" {
+				return true, w.replyText(c.id, msg)
+			}
+			return true, w.replyText(c.id, dir)
+		}},
+}
+
+// tryConnect opens a TCP connection to addr, an IP address and port, and closes it; it returns
+// "connected" or the error's text. It uses the system calls directly: the net package would
+// grow the worker, which starts once per message, for a directive it rarely runs.
+func tryConnect(addr string) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err.Error()
+	}
+	ip := ap.Addr().Unmap()
+	family := unix.AF_INET6
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ip.As16()}
+	if ip.Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ip.As4()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "socket: " + err.Error()
+	}
+	defer unix.Close(fd)
+	// A send timeout bounds a blocking connect too.
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &unix.Timeval{Sec: 5})
+	if err := unix.Connect(fd, sa); err != nil {
+		return "connect: " + err.Error()
+	}
+	return "connected"
+}
+
+// tryCreate creates (or truncates) the file at path and closes it; it returns "written" or the
+// error's text.
+func tryCreate(path string) string {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err.Error()
+	}
+	if err := f.Close(); err != nil {
+		return err.Error()
+	}
+	return "written"
 }
 
 // directiveByName indexes directives.
@@ -240,7 +298,7 @@ func (w *worker) fault(id, data string) (handled bool, err error) {
 
 // injected logs that the worker is about to misbehave on purpose, so that relayd's log explains
 // the exit, or for !fork the leftover process, that follows. Directives that only delay or
-// diagnose (!sleep, !stderr, !env, !fds, !rlimits) do not log: !stderr in particular writes
+// diagnose (!sleep, !stderr, !env, !fds, !rlimits, !net, !write, !scratch) do not log: !stderr in particular writes
 // exactly the lines it was asked for.
 func (w *worker) injected(directive string, args ...any) {
 	w.logLine("info", "fault injected", append([]any{"directive", directive}, args...)...)

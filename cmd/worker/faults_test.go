@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -364,5 +366,45 @@ func TestDirectiveTable(t *testing.T) {
 		if !handled || err != nil || !strings.Contains(out.String(), "want "+d.usage()) {
 			t.Errorf("%s without its argument: handled %v, err %v, reply %s; want an error reply naming %q", d.name, handled, err, out.String(), d.usage())
 		}
+	}
+}
+
+// TestSandboxProbes checks !net, !write and !scratch on an unconfined worker: each does what
+// it says and reports it, and reports a failure as text.
+func TestSandboxProbes(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedAddr := closed.Addr().String()
+	closed.Close()
+	dir := t.TempDir()
+	scratch := t.TempDir()
+	p := start(t, procConfig{env: append(faultEnv(1), "TMPDIR="+scratch)})
+	p.ready()
+	tests := []struct {
+		data, want string
+	}{
+		{"!net " + ln.Addr().String(), "connected"},
+		{"!net " + closedAddr, "connect: connection refused"},
+		{"!write " + filepath.Join(dir, "f"), "written"},
+		{"!write " + filepath.Join(dir, "missing", "f"), "open " + filepath.Join(dir, "missing", "f") + ": no such file or directory"},
+		{"!scratch", scratch},
+	}
+	for i, tt := range tests {
+		id := strconv.Itoa(i)
+		p.send(id, "echo", tt.data)
+		if got := p.replyText(id); got != tt.want {
+			t.Errorf("%s = %q, want %q", tt.data, got, tt.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(scratch, "scratch-check")); err != nil {
+		t.Errorf("!scratch wrote no file: %v", err)
 	}
 }
