@@ -22,6 +22,22 @@ type Status struct {
 	Names   []string       `json:"names"`
 	Workers []WorkerStatus `json:"workers"`
 	Stats   Stats          `json:"stats"`
+	// Sandbox says how the service's workers are confined; absent from a relayd without one.
+	Sandbox *SandboxStatus `json:"sandbox,omitempty"`
+}
+
+// SandboxStatus is the worker sandbox in a Status: its mode (auto, strict or off), the
+// mechanisms the kernel enforces, and those it lacks with the reason.
+type SandboxStatus struct {
+	Mode     string           `json:"mode"`
+	Enforced []string         `json:"enforced"`
+	Missing  []SandboxMissing `json:"missing,omitempty"`
+}
+
+// SandboxMissing is a sandbox mechanism the kernel does not enforce, and why.
+type SandboxMissing struct {
+	Mechanism string `json:"mechanism"`
+	Reason    string `json:"reason"`
 }
 
 // WorkerStatus is one live worker in a Status.

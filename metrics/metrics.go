@@ -52,6 +52,7 @@ type Metrics struct {
 	lifetimes *prometheus.HistogramVec
 	exits     *prometheus.CounterVec
 	restarts  *prometheus.CounterVec
+	sandbox   *prometheus.GaugeVec
 }
 
 var _ relay.Observer = (*Metrics)(nil)
@@ -90,8 +91,12 @@ func New() *Metrics {
 			Namespace: Namespace, Name: "restarts_total",
 			Help: "Messages scheduled for another attempt after their worker failed, by service.",
 		}, []string{"service"}),
+		sandbox: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "worker_sandbox_enforced",
+			Help: "1 for each worker sandbox mechanism the kernel enforces (pid-namespace, landlock-fs, landlock-net, landlock-scope, seccomp), 0 for each it lacks.",
+		}, []string{"mechanism"}),
 	}
-	m.reg.MustRegister(m.messages, m.answers, m.spawns, m.lifetimes, m.exits, m.restarts,
+	m.reg.MustRegister(m.messages, m.answers, m.spawns, m.lifetimes, m.exits, m.restarts, m.sandbox,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -142,6 +147,16 @@ func (m *Metrics) Retried(service string) { m.restarts.WithLabelValues(service).
 // WorkerReady records how long a worker of service took from fork to its ready line.
 func (m *Metrics) WorkerReady(service string, d time.Duration) {
 	m.spawns.WithLabelValues(service).Observe(d.Seconds())
+}
+
+// SetSandbox records which worker sandbox mechanisms are enforced and which are missing.
+func (m *Metrics) SetSandbox(enforced, missing []string) {
+	for _, name := range enforced {
+		m.sandbox.WithLabelValues(name).Set(1)
+	}
+	for _, name := range missing {
+		m.sandbox.WithLabelValues(name).Set(0)
+	}
 }
 
 // TopicLabel maps a request's topic to its label value: the relay's own topics as they are,

@@ -75,7 +75,9 @@ type Config struct {
 	// wedged loop stops the pings.
 	WatchdogInterval time.Duration
 	Watchdog         func()
-	Logger           hclog.Logger
+	// Sandbox, if set, is how the workers are confined, for the status topic.
+	Sandbox *ipc.SandboxStatus
+	Logger  hclog.Logger
 	// Rand returns numbers in [0, 1) for backoff jitter; nil uses math/rand/v2.
 	Rand func() float64
 	// Observer, if set, is told of exits and retries (answers are observed by the Server).

@@ -53,13 +53,35 @@ func parseStatus(data json.RawMessage) (ipc.Status, error) {
 //	18607  0.7s  idle   -        -                        -
 //
 //	stats: messages=1 workers_spawned=3 in_flight=1 …
+//	sandbox: auto, enforced: pid-namespace landlock-fs landlock-net landlock-scope seccomp
 func writeStatus(w io.Writer, st ipc.Status) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "names: %s\n\n", namesText(st.Names))
 	writeWorkers(&b, st.Workers)
 	fmt.Fprintf(&b, "\nstats: %s\n", statsLine(st.Stats))
+	writeSandbox(&b, st.Sandbox)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeSandbox prints the sandbox line, and a line for each mechanism the kernel lacks. Without
+// a PID namespace, descendants are stopped by the process group and relayd's subreaper sweep,
+// which the line says.
+func writeSandbox(b *strings.Builder, sb *ipc.SandboxStatus) {
+	if sb == nil {
+		return
+	}
+	enforced := "none"
+	if len(sb.Enforced) > 0 {
+		enforced = clean(strings.Join(sb.Enforced, " "))
+	}
+	fmt.Fprintf(b, "sandbox: %s, enforced: %s\n", clean(sb.Mode), enforced)
+	for _, m := range sb.Missing {
+		fmt.Fprintf(b, "sandbox: not enforced: %s (%s)\n", clean(m.Mechanism), clean(m.Reason))
+	}
+	if sb.Mode != "off" && !slices.Contains(sb.Enforced, "pid-namespace") {
+		b.WriteString("sandbox: descendants are stopped by process group and subreaper sweep\n")
+	}
 }
 
 // writeTop prints one frame of --top: a title line, the stats, then the workers.

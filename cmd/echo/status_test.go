@@ -46,6 +46,30 @@ stats: messages=0 workers_spawned=0 in_flight=0 queued=0 spares_ready=0 restarts
 `,
 		},
 		{
+			name: "sandbox, all enforced",
+			data: `{"names":["relay"],"workers":[],"stats":{},"sandbox":{"mode":"auto","enforced":["pid-namespace","landlock-fs","seccomp"]}}`,
+			want: `names: relay
+
+no live workers
+
+stats: messages=0 workers_spawned=0 in_flight=0 queued=0 spares_ready=0 restarts=0 exits=none uptime=0.0s goroutines=0
+sandbox: auto, enforced: pid-namespace landlock-fs seccomp
+`,
+		},
+		{
+			name: "sandbox without a PID namespace",
+			data: `{"names":["relay"],"workers":[],"stats":{},"sandbox":{"mode":"auto","enforced":["seccomp"],"missing":[{"mechanism":"pid-namespace","reason":"operation not permitted"}]}}`,
+			want: `names: relay
+
+no live workers
+
+stats: messages=0 workers_spawned=0 in_flight=0 queued=0 spares_ready=0 restarts=0 exits=none uptime=0.0s goroutines=0
+sandbox: auto, enforced: seccomp
+sandbox: not enforced: pid-namespace (operation not permitted)
+sandbox: descendants are stopped by process group and subreaper sweep
+`,
+		},
+		{
 			name: "control characters from clients are escaped",
 			data: `{"names":["re\u001b[2Jlay"],"workers":[{"pid":5,"age_seconds":1,"state":"busy","attempt":1,"sender":"conn-1","message_id":"x\u001b]0;pwned\u0007"}],"stats":{}}`,
 			want: `names: "re\x1b[2Jlay"

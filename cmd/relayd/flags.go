@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"path/filepath"
 
 	"slices"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"relayd/internal/cli"
 	"relayd/ipc"
 	"relayd/relay"
+	"relayd/sandbox"
 	"relayd/supervisor"
 )
 
@@ -48,6 +50,8 @@ type config struct {
 	nats            natsConfig
 	serviceFlags    []string
 	cpuProfile      string
+	sandboxModeText string
+	sandboxMode     sandbox.Mode
 	// services are the services to serve, relay first, then in the order of the config file
 	// and of --service.
 	services []*serviceConfig
@@ -78,6 +82,8 @@ type serviceConfig struct {
 	rlimitAS       string
 	workerUser     string
 	workerGroup    string
+	network        bool
+	writable       []string
 
 	// Derived from the above by finish.
 	env        []string
@@ -210,6 +216,9 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 			return nil, fmt.Errorf("service %q: %w", s.name, err)
 		}
 	}
+	if cfg.sandboxMode, err = sandbox.ParseMode(cfg.sandboxModeText); err != nil {
+		return nil, cli.Usagef("--worker-sandbox %w", err)
+	}
 	if cfg.authorize, err = authorizer(cfg.allowUIDs, cfg.allowGIDs); err != nil {
 		return nil, err
 	}
@@ -252,6 +261,11 @@ func (s *serviceConfig) finish(getenv func(string) string) error {
 	}{{"--message-timeout", s.messageTimeout}, {"--kill-grace", s.killGrace}} {
 		if d.v < 0 {
 			return fmt.Errorf("%s must not be negative, not %v", d.name, d.v)
+		}
+	}
+	for _, p := range s.writable {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("--worker-writable %q: want an absolute path", p)
 		}
 	}
 	s.env = workerEnvironment(s.faults, s.envNames, getenv)

@@ -15,6 +15,7 @@ import (
 
 	"relayd/metrics"
 	"relayd/relay"
+	"relayd/sandbox"
 )
 
 // metricsAddr is the value of --metrics-addr: empty (no endpoint), unix:PATH, or a loopback
@@ -85,6 +86,18 @@ type metricsEndpoint struct {
 	mu       sync.Mutex
 	closing  bool           // guarded by mu; no more requests are handled
 	handlers sync.WaitGroup // requests being handled; Add under mu while !closing
+}
+
+// sandbox records which sandbox mechanisms the relay service's workers get.
+func (e *metricsEndpoint) sandbox(r sandbox.Report) {
+	if e == nil {
+		return
+	}
+	var missing []string
+	for _, m := range r.Missing {
+		missing = append(missing, m.Mechanism)
+	}
+	e.m.SetSandbox(r.Enforced, missing)
 }
 
 // startMetrics binds --metrics-addr, before relayd forks or listens on anything else, so that a

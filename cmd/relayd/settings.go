@@ -172,6 +172,15 @@ var settings = []setting{
 	{name: "worker-group", scope: perService, service: func(fs *pflag.FlagSet, s *serviceConfig) {
 		fs.StringVar(&s.workerGroup, "worker-group", "", "run workers with this `group` (default: the user's primary group)")
 	}},
+	{name: "worker-sandbox", global: func(fs *pflag.FlagSet, c *config) {
+		fs.StringVar(&c.sandboxModeText, "worker-sandbox", "auto", "confine every worker (a PID namespace, Landlock, seccomp): auto applies what the kernel enforces and logs what it lacks, strict refuses to start without all of it, off applies none")
+	}},
+	{name: "worker-network", key: "network", scope: perService, service: func(fs *pflag.FlagSet, s *serviceConfig) {
+		fs.BoolVar(&s.network, "worker-network", false, "let workers use the network; without it they can make Unix sockets only")
+	}},
+	{name: "worker-writable", key: "writable", scope: perService, service: func(fs *pflag.FlagSet, s *serviceConfig) {
+		fs.StringArrayVar(&s.writable, "worker-writable", nil, "let workers write beneath this absolute `path` (repeatable); otherwise only their scratch directory ($TMPDIR) is writable")
+	}},
 	{name: "log-level", applied: toLogger, global: func(fs *pflag.FlagSet, c *config) {
 		fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: trace, debug, info, warn, error")
 	}},
