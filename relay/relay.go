@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -167,7 +168,15 @@ func (r *Relay) CloseInbox() { close(r.inbox) }
 // answered. Cancelling ctx kills every worker at once (the second signal).
 func (r *Relay) Run(ctx context.Context) error {
 	defer close(r.done)
-	r.log.Info("relay started", "pid", os.Getpid())
+	if sb := r.cfg.Sandbox; sb != nil {
+		// What the kernel does not enforce is said at start, naming the mechanism.
+		r.log.Info("relay started", "pid", os.Getpid(), "sandbox", sb.Mode, "enforced", strings.Join(sb.Enforced, ","))
+		for _, m := range sb.Missing {
+			r.log.Warn("worker sandbox: the kernel does not enforce a mechanism", "mechanism", m.Mechanism, "reason", m.Reason)
+		}
+	} else {
+		r.log.Info("relay started", "pid", os.Getpid())
+	}
 	var reporter sync.WaitGroup
 	stopStats := make(chan struct{})
 	if r.cfg.StatsInterval > 0 {

@@ -233,16 +233,24 @@ func (s *Sandbox) run(cmd *exec.Cmd) error {
 	return cmd.Wait()
 }
 
-// Report says which mechanisms the sandbox applies and which the kernel lacks.
+// Report says which mechanisms the sandbox applies and which the kernel lacks. A nil Sandbox
+// applies none (ModeOff).
 func (s *Sandbox) Report() Report {
+	if s == nil {
+		return Report{Mode: ModeOff}
+	}
 	r := s.report
 	r.Enforced = slices.Clone(r.Enforced)
 	r.Missing = slices.Clone(r.Missing)
 	return r
 }
 
-// Close removes the directory of the scratch directories. Every worker must be released.
+// Close removes the directory of the scratch directories. Every worker must be released. A nil
+// Sandbox has nothing to close.
 func (s *Sandbox) Close() error {
+	if s == nil {
+		return nil
+	}
 	closeRules(s.rules)
 	s.rules = nil
 	return os.RemoveAll(s.root)

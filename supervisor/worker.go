@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"relayd/ipc"
+	"relayd/sandbox"
 )
 
 // State is where a worker process is in its life. Every state and every move between them is
@@ -335,6 +336,12 @@ func (w *worker) onFrame(f Frame) {
 			job.OnReply(w.p.pid, reply)
 		}
 		if w.state == StateBusy && w.ex.Served < w.h.opts.MaxRequests {
+			// No descendant outlives its message: the worker lives on for the next one, what
+			// it started for this one does not. Those re-parented to relayd are swept.
+			sandbox.KillDescendants(w.p.pid)
+			if w.h.opts.Subreaper {
+				w.h.sweep(false)
+			}
 			w.setCur(nil)
 			if w.h.pool.putIdle(w) {
 				w.h.events <- Event{PID: w.p.pid, Job: job, Replied: true}

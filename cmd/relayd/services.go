@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -11,15 +13,18 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/hashicorp/go-hclog"
 
+	"relayd/ipc"
 	"relayd/metrics"
 	"relayd/pluginhost"
 	"relayd/relay"
+	"relayd/sandbox"
 	"relayd/supervisor"
 )
 
 // service is one running service: its host of worker processes and its relay loop.
 type service struct {
 	cfg  *serviceConfig
+	sb   *sandbox.Sandbox
 	host *supervisor.Host
 	rl   *relay.Relay
 	done chan error // Run's result
@@ -96,14 +101,27 @@ func (ss *services) start(c *config, s *serviceConfig) error {
 	rc.MaxWorkers, rc.Queue, rc.MaxRestarts = st.MaxWorkers, st.Queue, st.MaxRestarts
 	rc.MessageTimeout, rc.KillGrace, rc.ShutdownTimeout, rc.SlowThreshold = st.MessageTimeout, st.KillGrace, st.ShutdownTimeout, st.SlowThreshold
 
-	host, err := supervisor.New(opts)
+	sb, err := newSandbox(c, s)
 	if err != nil {
 		return err
 	}
+	if sb != nil {
+		opts.Launch = sb.Launch
+	}
+	if s.name == relayName {
+		ss.mx.sandbox(sb.Report())
+	}
+	rc.Sandbox = sandboxStatus(sb.Report())
+	host, err := supervisor.New(opts)
+	if err != nil {
+		sb.Close()
+		return err
+	}
 	rc.Host = host
-	sv := &service{cfg: s, host: host, rl: relay.New(rc), done: make(chan error, 1)}
+	sv := &service{cfg: s, sb: sb, host: host, rl: relay.New(rc), done: make(chan error, 1)}
 	if err := ss.names.Register(s.name, sv.rl.Inbox()); err != nil {
 		host.Close()
+		sb.Close()
 		return err
 	}
 	ss.mu.Lock()
@@ -178,6 +196,42 @@ func (ss *services) closeHosts() error {
 		if err := sv.host.Close(); err != nil && first == nil {
 			first = err
 		}
+		// Every worker is reaped and released now.
+		sv.sb.Close()
 	}
 	return first
+}
+
+// newSandbox makes the sandbox of a service's workers, nil with --worker-sandbox=off (the
+// Host's own spawner threads fork them then). Its probe starts relayd itself with --version
+// once in the namespaces a worker would get.
+func newSandbox(c *config, s *serviceConfig) (*sandbox.Sandbox, error) {
+	if c.sandboxMode == sandbox.ModeOff {
+		return nil, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("worker sandbox: %w", err)
+	}
+	sb, err := sandbox.New(sandbox.Config{
+		Mode:   c.sandboxMode,
+		Policy: sandbox.Policy{Network: s.network, Writable: s.writable},
+		Probe:  func() *exec.Cmd { return exec.Command(exe, "--version") },
+	})
+	if err != nil && s.name != relayName {
+		return nil, fmt.Errorf("service %q: %w", s.name, err)
+	}
+	return sb, err
+}
+
+// sandboxStatus is a sandbox report as the status topic shows it.
+func sandboxStatus(r sandbox.Report) *ipc.SandboxStatus {
+	st := &ipc.SandboxStatus{Mode: string(r.Mode), Enforced: r.Enforced}
+	if st.Enforced == nil {
+		st.Enforced = []string{}
+	}
+	for _, m := range r.Missing {
+		st.Missing = append(st.Missing, ipc.SandboxMissing{Mechanism: m.Mechanism, Reason: m.Reason})
+	}
+	return st
 }
