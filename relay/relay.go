@@ -261,6 +261,11 @@ func (r *Relay) apply(s Settings) {
 	c := &r.cfg
 	c.MaxWorkers, c.Queue, c.MaxRestarts = max(1, s.MaxWorkers), s.Queue, s.MaxRestarts
 	c.MessageTimeout, c.KillGrace, c.ShutdownTimeout, c.SlowThreshold = s.MessageTimeout, s.KillGrace, s.ShutdownTimeout, s.SlowThreshold
+	if r.unavailable {
+		// A reload may be what the workers lacked (a mistyped argument, say): the next message
+		// tries at once rather than after the backoff.
+		r.probeAt = time.Now()
+	}
 	r.pump()
 }
 

@@ -366,12 +366,21 @@ func TestWorkerThatCannotGetReadyIsUnavailable(t *testing.T) {
 			t.Errorf("message = %q, want the reason", r.Error.Message)
 		}
 	}
+	if n := h.host.Spawned(); n != 1 {
+		t.Errorf("%d workers forked, want 1: no retries, and the rest answered at once", n)
+	}
+	// A reload that fixes the arguments is tried at the next message, not after the backoff.
+	h.host.Reconfigure(supervisor.WorkerSpec{Args: []string{"--delay=0s"}, KillGrace: 100 * time.Millisecond})
+	h.relay.Reconfigure(Settings{MaxWorkers: 8, Queue: 64, MaxRestarts: 2})
+	if r := waitAnswer(t, h.send(TopicEcho, "x")); r.Error != nil {
+		t.Errorf("after a reload with good arguments: %v, want the reply", r.Error)
+	}
 	h.stop()
 	if n := strings.Count(h.logs.String(), "spawn failed"); n != 1 {
 		t.Errorf("logged %q %d times, want once:\n%s", "spawn failed", n, h.logs)
 	}
-	if n := h.host.Spawned(); n != 1 {
-		t.Errorf("%d workers forked, want 1: no retries, and the rest answered at once", n)
+	if !strings.Contains(h.logs.String(), "workers can be started again") {
+		t.Errorf("the end of the unavailable state was not logged:\n%s", h.logs)
 	}
 }
 
