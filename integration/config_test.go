@@ -265,8 +265,13 @@ service "storm" {
 	if a := requestTo(t, c, "storm", "echo", "!flaky 1"); codeOf(a) != ipc.CodeWorkerFailed || !strings.Contains(a.Error.Message, "retries paused") {
 		t.Errorf("storm after the storm: %s, want worker_failed with retries paused", a.Raw)
 	}
-	if a := requestTo(t, c, "relay", "echo", "!flaky 1"); a.Error != nil || unquoteData(a) != "!FLAKY 1" {
+	a := requestTo(t, c, "relay", "echo", "!flaky 1")
+	if a.Error != nil || unquoteData(a) != "!FLAKY 1" {
 		t.Errorf("relay after the other service's storm: %s, want its retry to succeed", a.Raw)
+	}
+	// The reply says which attempt answered and what it cost the worker.
+	if w := a.Worker; w == nil || w.Attempt != 2 || w.Usage == nil || w.Usage.WallUS <= 0 || w.Usage.CPUUS <= 0 || w.Usage.MaxRSSKiB <= 0 {
+		t.Errorf("worker of the retried reply: %s, want attempt 2 and its usage", a.Raw)
 	}
 	var st ipc.Stats
 	if err := jsonUnmarshal(requestTo(t, c, "relay", "stats", nil).Data, &st); err != nil {

@@ -228,6 +228,18 @@ func TestREPL(t *testing.T) {
 		tm.waitExit()
 	})
 
+	t.Run("--usage adds the attempt and the worker's cost, dimmed", func(t *testing.T) {
+		t.Parallel()
+		tm := startTerminal(t, env, "--usage")
+		tm.expect(yellow + "> " + reset)
+		tm.send("!flaky 1\r")
+		tm.expect(green + "  !FLAKY 1" + reset + "\r\n")
+		tm.expectRegexp(`^` + regexp.QuoteMeta(dim) + `  from worker: \{processes\|[1-9][0-9]*\} attempt 2, wall [0-9.]+[µm]?s, cpu [0-9.]+[µm]?s, max rss [0-9]+\.[0-9] MiB` + regexp.QuoteMeta(reset) + "\r\n")
+		tm.send("\x04")
+		tm.expect("\r\nGoodbye!\r\n")
+		tm.waitExit()
+	})
+
 	t.Run("line editing on a terminal without a size", func(t *testing.T) {
 		t.Parallel()
 		tm := startTerminalSize(t, &pty.Winsize{}, env)

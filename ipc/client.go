@@ -45,6 +45,19 @@ type WorkerRef struct {
 	PID  int    `json:"pid"`
 	// Node names the relayd node that ran the worker, in answers that came through NATS.
 	Node string `json:"node,omitempty"`
+	// Attempt is the attempt that answered, counted from 1.
+	Attempt int `json:"attempt,omitempty"`
+	// Usage is what the message cost the worker.
+	Usage *Usage `json:"usage,omitempty"`
+}
+
+// Usage is what one message cost its worker, as a Lambda REPORT line gives it: the time from
+// the request to the reply, the worker's CPU time for it (since its start for a fresh worker)
+// and its peak resident memory so far.
+type Usage struct {
+	WallUS    int64 `json:"wall_us"`
+	CPUUS     int64 `json:"cpu_us"`
+	MaxRSSKiB int64 `json:"max_rss_kib"`
 }
 
 // Reply is one answer frame. Exactly one of Data (with Topic "<topic>_response") or Error (with

@@ -317,21 +317,27 @@ func (r *Relay) spawn(m *Message) {
 	m.dispatched = time.Now()
 	r.running++
 	host := r.cfg.Host.Name()
-	r.cfg.Host.Spawn(&supervisor.Job{
+	attempt := m.attempts
+	job := &supervisor.Job{
 		ID:      strconv.FormatUint(m.seq, 10),
 		Topic:   m.Req.Topic,
 		Data:    m.Req.Data,
-		Attempt: m.attempts,
+		Attempt: attempt,
 		Timeout: r.cfg.MessageTimeout,
 		Tag:     m,
-		OnReply: func(pid int, wr ipc.WorkerReply) {
-			if wr.Error != nil {
-				m.Fail(workerError(pid, wr.Error))
-				return
-			}
-			m.Answer(ipc.Reply{Topic: ipc.ResponseTopic(m.Req.Topic), Data: wr.Data, Worker: &ipc.WorkerRef{Host: host, PID: pid}})
-		},
-	})
+	}
+	job.OnReply = func(pid int, wr ipc.WorkerReply) {
+		if wr.Error != nil {
+			m.Fail(workerError(pid, wr.Error))
+			return
+		}
+		u := job.Usage
+		m.Answer(ipc.Reply{Topic: ipc.ResponseTopic(m.Req.Topic), Data: wr.Data, Worker: &ipc.WorkerRef{
+			Host: host, PID: pid, Attempt: attempt,
+			Usage: &ipc.Usage{WallUS: u.Wall.Microseconds(), CPUUS: u.CPU.Microseconds(), MaxRSSKiB: u.MaxRSS >> 10},
+		}})
+	}
+	r.cfg.Host.Spawn(job)
 }
 
 // workerError is the client's error for a worker's error reply: bad_request and unknown_topic

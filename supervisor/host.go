@@ -82,6 +82,8 @@ type Job struct {
 	Tag any
 	// Timing is filled in by the Host as the job goes; read it after the job's Event.
 	Timing Timing
+	// Usage is what the job cost its worker, filled in before OnReply is called.
+	Usage Usage
 }
 
 // Timing records when a job's steps happened, to explain a slow answer.

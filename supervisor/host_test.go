@@ -412,3 +412,29 @@ func TestSparesComeBack(t *testing.T) {
 	}
 	waitFor(t, "the spares to come back", func() bool { return h.Idle() == 2 })
 }
+
+// TestCPUTime checks that the CPU time read from /proc grows with work done, finer than the
+// 10 ms clock tick of /proc/PID/stat.
+func TestCPUTime(t *testing.T) {
+	pid := os.Getpid()
+	before := cpuTime(pid)
+	if before < 0 {
+		t.Fatal("cannot read this process's CPU time")
+	}
+	// Burn a little CPU on this goroutine's thread.
+	start := time.Now()
+	x := 0
+	for time.Since(start) < 3*time.Millisecond {
+		x++
+	}
+	after := cpuTime(pid)
+	if d := after - before; d < time.Millisecond {
+		t.Errorf("CPU time grew by %v over 3ms of spinning (%d loops), want at least 1ms", d, x)
+	}
+	if got := statCPU(pid); got < 0 || got > after {
+		t.Errorf("statCPU = %v, want between 0 and %v", got, after)
+	}
+	if cpuTime(1<<30) != -1 {
+		t.Error("cpuTime of no process, want -1")
+	}
+}

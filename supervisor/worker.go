@@ -111,6 +111,7 @@ type worker struct {
 	replied     bool // job got its reply
 	told        bool // its stdin was closed: it is to exit and owes nothing more
 	readyAt     time.Time
+	cpuUsed     time.Duration // its CPU time at its last reply, for the next job's Usage
 	protoErr    error
 	waited      bool
 	ws          syscall.WaitStatus
@@ -332,6 +333,7 @@ func (w *worker) onFrame(f Frame) {
 		job.Timing.Replied = time.Now()
 		w.replied = true
 		w.ex.Served++
+		w.cpuUsed = measure(w.p.pid, job, w.cpuUsed)
 		if job.OnReply != nil {
 			job.OnReply(w.p.pid, reply)
 		}

@@ -104,6 +104,7 @@ type options struct {
 	to      string
 	topic   string
 	nats    natsOptions
+	usage   bool
 }
 
 // where names what echo talks to, for its messages: the socket's path or the NATS URL.
@@ -181,6 +182,7 @@ func run(ctx context.Context, args []string, lookupEnv env, stdin io.Reader, std
 	fs.StringVar(&o.to, "to", "relay", "the registered `name` to send messages to")
 	fs.StringVar(&o.topic, "topic", "echo", "the `topic` of each message")
 	addNATSFlags(fs, &o.nats)
+	fs.BoolVar(&o.usage, "usage", false, `in the REPL, add the attempt and what the message cost its worker (wall and CPU time, peak memory) to the "from worker" line; --json shows it always`)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 
 	switch err := fs.Parse(args); {

@@ -176,6 +176,9 @@ func (r *session) print(w waited, prefix string) {
 			if w.Node != "" {
 				from += " on node " + w.Node
 			}
+			if r.o.usage {
+				from += usageText(w)
+			}
 			r.println(r.color.dim(from))
 		}
 	default:
@@ -213,3 +216,19 @@ func (r *session) send(ctx context.Context, msg string) (*ipc.Call, error) {
 }
 
 func (r *session) println(s string) { fmt.Fprintln(r.out, s) }
+
+// usageText is what --usage adds to the "from worker" line: the attempt and what the message
+// cost the worker, as a Lambda REPORT line gives it.
+func usageText(w *ipc.WorkerRef) string {
+	var b strings.Builder
+	if w.Attempt > 0 {
+		fmt.Fprintf(&b, " attempt %d", w.Attempt)
+	}
+	if u := w.Usage; u != nil {
+		us := func(n int64) string {
+			return (time.Duration(n) * time.Microsecond).Round(10 * time.Microsecond).String()
+		}
+		fmt.Fprintf(&b, ", wall %s, cpu %s, max rss %.1f MiB", us(u.WallUS), us(u.CPUUS), float64(u.MaxRSSKiB)/1024)
+	}
+	return b.String()
+}
