@@ -413,25 +413,30 @@ func TestSparesComeBack(t *testing.T) {
 	waitFor(t, "the spares to come back", func() bool { return h.Idle() == 2 })
 }
 
-// TestCPUTime checks that the CPU time read from /proc grows with work done, finer than the
-// 10 ms clock tick of /proc/PID/stat.
+// TestCPUTime checks that the CPU time read from /proc grows with work done, in steps finer
+// than the 10 ms clock tick of /proc/PID/stat.
 func TestCPUTime(t *testing.T) {
 	pid := os.Getpid()
 	before := cpuTime(pid)
 	if before < 0 {
 		t.Fatal("cannot read this process's CPU time")
 	}
-	// Burn a little CPU on this goroutine's thread.
-	start := time.Now()
-	x := 0
-	for time.Since(start) < 3*time.Millisecond {
-		x++
+	// Spin until the kernel has counted at least a millisecond more; on a loaded machine that
+	// may take a while of wall time, so the bound is generous.
+	deadline := time.Now().Add(10 * time.Second)
+	var after time.Duration
+	for after = cpuTime(pid); after-before < time.Millisecond; after = cpuTime(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("CPU time grew by %v in 10s of spinning, want at least 1ms", after-before)
+		}
+		for i := 0; i < 100000; i++ {
+			_ = i * i
+		}
 	}
-	after := cpuTime(pid)
-	if d := after - before; d < time.Millisecond {
-		t.Errorf("CPU time grew by %v over 3ms of spinning (%d loops), want at least 1ms", d, x)
+	if d := after - before; d > time.Second {
+		t.Errorf("CPU time grew by %v while spinning for about a millisecond", d)
 	}
-	if got := statCPU(pid); got < 0 || got > after {
+	if got := statCPU(pid); got < 0 || got > after+10*time.Millisecond {
 		t.Errorf("statCPU = %v, want between 0 and %v", got, after)
 	}
 	if cpuTime(1<<30) != -1 {
