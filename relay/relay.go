@@ -464,6 +464,9 @@ func (r *Relay) logExit(ex *supervisor.Exit, job *supervisor.Job) {
 	if ex.Err != nil {
 		fields = append(fields, "error", ex.Err.Error())
 	}
+	if ex.LastWords != "" {
+		fields = append(fields, "last_stderr", ex.LastWords)
+	}
 	r.log.Warn("worker exited", fields...)
 }
 

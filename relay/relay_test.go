@@ -141,8 +141,10 @@ func TestAnswers(t *testing.T) {
 		data, wantCode, wantData, wantMsg string
 	}{
 		{data: "hello world", wantData: `"HELLO WORLD"`},
-		{data: "!crash", wantCode: ipc.CodeWorkerFailed, wantMsg: "exited with status 1; 3 attempts"},
-		{data: "!segv", wantCode: ipc.CodeWorkerFailed, wantMsg: "killed by signal SIGSEGV; 3 attempts"},
+		// The worker's last stderr line (its log line of the fault) says what it died of.
+		{data: "!crash", wantCode: ipc.CodeWorkerFailed, wantMsg: "exited with status 1: fault injected directive=!crash; 3 attempts"},
+		{data: "!segv", wantCode: ipc.CodeWorkerFailed, wantMsg: "killed by signal SIGSEGV: fault injected directive=!segv; 3 attempts"},
+		{data: "!panic", wantCode: ipc.CodeWorkerFailed, wantMsg: "exited with status 2: panic: fault injected: !panic; 3 attempts"},
 		{data: "!garbage", wantCode: ipc.CodeWorkerFailed, wantMsg: "broke the protocol"},
 		{data: "!noreply", wantCode: ipc.CodeWorkerFailed, wantMsg: "exited without a reply"},
 		{data: "!flaky 2", wantData: `"!FLAKY 2"`},

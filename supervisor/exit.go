@@ -88,6 +88,24 @@ type Exit struct {
 	PeakRSS int64
 	// Err says what went wrong, for spawn and protocol failures.
 	Err error
+	// LastWords is the last line the worker wrote to stderr before it died on its own (a
+	// non-zero status, a signal relayd did not send): the headline of a Go
+	// crash report ("fatal error: runtime: out of memory"), the last line of a Python
+	// traceback, the message of a JSON log line. Empty when it said nothing, or when relayd
+	// stopped it or it ended normally.
+	LastWords string
+	// OutOfMemory reports that its last words tell of a memory-limit death, so that it is told
+	// apart from a crash of the same exit status (a Go panic also exits 2).
+	OutOfMemory bool
+}
+
+// lastWords records the worker's last stderr line when it died abnormally on its own.
+func (e *Exit) lastWords(words string) {
+	switch e.Reason.Kind {
+	case ReasonExit, ReasonSignal:
+		e.LastWords = words
+		e.OutOfMemory = words != "" && saysOutOfMemory(words)
+	}
 }
 
 // CannotStart reports a worker that could not get to its ready frame on its own: its
@@ -119,11 +137,16 @@ func (r Reason) Transient() bool {
 	return false
 }
 
-// Result describes the exit as a sentence, e.g. "killed by signal SIGSEGV" or "exited with status 1".
+// Result describes the exit as a sentence, e.g. "killed by signal SIGSEGV", "exited with status
+// 1" or "ran out of memory (exited with status 2)".
 func (e *Exit) Result() string {
 	switch {
 	case e.Reason.Kind == ReasonSpawnFailed:
 		return "could not be started: " + errString(e.Err)
+	case e.OutOfMemory:
+		e := *e
+		e.OutOfMemory = false
+		return "ran out of memory (" + e.Result() + ")"
 	case e.Signal != 0:
 		s := "killed by signal " + SignalName(e.Signal)
 		if e.CoreDumped {
@@ -135,12 +158,18 @@ func (e *Exit) Result() string {
 	}
 }
 
-// Describe explains an abnormal end for the sender, e.g. "worker 48213 killed by signal SIGSEGV".
+// Describe explains an abnormal end for the sender, e.g. "worker 48213 killed by signal
+// SIGSEGV", with the worker's last words when it left some: "worker 48213 exited with status 2:
+// panic: boom".
 func (e *Exit) Describe() string {
+	d := e.describe()
 	if e.Reason.Kind != ReasonSpawnFailed && e.CannotStart() {
-		return e.describe() + " before its ready line"
+		d += " before its ready line"
 	}
-	return e.describe()
+	if e.LastWords != "" {
+		d += ": " + e.LastWords
+	}
+	return d
 }
 
 func (e *Exit) describe() string {

@@ -177,7 +177,8 @@ func (w *worker) run(job *Job) {
 	aux.Add(3)
 	go func() { defer aux.Done(); w.read() }()
 	stderrDone := make(chan struct{})
-	go func() { defer aux.Done(); defer close(stderrDone); w.h.forwardStderr(w.p) }()
+	var lastWords string // written before stderrDone is closed, read after aux.Wait
+	go func() { defer aux.Done(); defer close(stderrDone); lastWords = w.h.forwardStderr(w.p) }()
 	go func() {
 		defer aux.Done()
 		ws := w.p.wait()
@@ -232,6 +233,7 @@ func (w *worker) run(job *Job) {
 	// before it was told to and had served nothing (a spare that quit on its own).
 	owed := (w.job != nil && !w.replied) || (w.job == nil && ex.Served == 0 && !w.told)
 	ex.classify(w.ws, w.p.stoppedFor(), w.protoErr, owed)
+	ex.lastWords(lastWords)
 	ex.Duration = time.Since(ex.Started)
 	w.h.events <- Event{PID: w.p.pid, Job: w.job, Replied: w.replied, Exit: ex}
 }
