@@ -44,6 +44,12 @@ run: build ## Start relayd on a private socket and open the echo REPL; relayd st
 run-cluster: build ## Start an embedded NATS server (JetStream on) and three relayd nodes on it, and open the echo REPL through NATS; it shows which node answered. All of it stops when the REPL ends.
 	$(GO) run ./internal/runcluster --bin $(BIN) --relayd-args "$(RUN_FLAGS)"
 
+.PHONY: bench-cluster
+bench-cluster: ## Measure cluster mode (about a minute): throughput of 1, 2 and 3 relayd nodes on NATS and the NATS hop against the socket; table in bin/bench-cluster.md.
+	@mkdir -p $(BIN)
+	RELAYD_CLUSTER_BENCH=1 RELAYD_CLUSTER_BENCH_OUT=$(abspath $(BIN))/bench-cluster.md $(GO) test -count=1 -run '^TestScale$$' -v ./cluster/
+	@cat $(BIN)/bench-cluster.md
+
 .PHONY: test
 test: ## Run every test: gofmt, vet, staticcheck, unit and end-to-end tests with the race detector, a short fuzz run, the unit-file and install checks, a benchmark smoke run.
 	@fmt=$$(gofmt -l .); if [ -n "$$fmt" ]; then echo "gofmt would change:"; echo "$$fmt"; exit 1; fi
