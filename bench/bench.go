@@ -34,6 +34,11 @@ const (
 	groupWorkerReused = "worker direct, reused"
 	groupMaxRequests  = "relayd max-requests"
 	groupPluginReused = "go-plugin reused"
+
+	// relayd's go-plugin transports (the echo worker's go-plugin mode, worker-plugin, started
+	// by relayd), per message and reused, next to go-plugin's own client and the stdio rows.
+	groupRelaydPlugin       = "relayd go-plugin per message"
+	groupRelaydPluginReused = "relayd go-plugin reused"
 )
 
 // maxRequests is N of the relayd --max-requests=N variant: high enough that a worker is
@@ -210,6 +215,15 @@ func (b *bench) setup(ctx context.Context) error {
 	for _, c := range []int{1, 8} {
 		specs = append(specs, spec{name: "go-plugin per message", group: groupPlugin, clients: c, target: max(cfg.n/5, 1)})
 	}
+	if b.bins.transportSupported {
+		for _, tr := range []string{"grpc", "netrpc"} {
+			for _, c := range []int{1, 8} {
+				specs = append(specs, spec{name: "relayd --transport=" + tr, group: groupRelaydPlugin, clients: c, target: max(cfg.n/5, 1), server: tr})
+			}
+		}
+	} else {
+		b.rep.notes = append(b.rep.notes, "go-plugin transports: not supported by this relayd")
+	}
 	if b.bins.s6ipcserver != "" {
 		for _, c := range []int{1, 8} {
 			specs = append(specs, spec{name: "s6-ipcserver", group: groupS6, clients: c, target: cfg.n, server: "s6"})
@@ -229,6 +243,13 @@ func (b *bench) setup(ctx context.Context) error {
 	}
 	for _, c := range []int{1, 8} {
 		specs = append(specs, spec{name: "go-plugin, one client reused", group: groupPluginReused, clients: c, target: cfg.n})
+	}
+	if b.bins.transportSupported && b.bins.maxRequestsSupported {
+		for _, tr := range []string{"grpc", "netrpc"} {
+			for _, c := range []int{1, 8} {
+				specs = append(specs, spec{name: fmt.Sprintf("relayd --transport=%s --max-requests=%d", tr, maxRequests), group: groupRelaydPluginReused, clients: c, target: cfg.n, server: tr + "maxreq"})
+			}
+		}
 	}
 	specs = slices.DeleteFunc(specs, func(s spec) bool {
 		return !cfg.selected(s.name + " c" + strconv.Itoa(s.clients))
@@ -254,6 +275,15 @@ func (b *bench) setup(ctx context.Context) error {
 			srv, err = b.startRelayd(ctx, "relayd-spares", "--worker-arg=--delay=0s", "--spares="+strconv.Itoa(cfg.spares))
 		case "maxreq":
 			srv, err = b.startRelayd(ctx, "relayd-maxreq", "--worker-arg=--delay=0s", "--max-requests="+strconv.Itoa(maxRequests))
+		case "grpc", "netrpc", "grpcmaxreq", "netrpcmaxreq":
+			// worker-plugin itself, as go-plugin's own client runs its plugin: the echo worker
+			// would exec it first.
+			tr := strings.TrimSuffix(s.server, "maxreq")
+			args := []string{"--worker=" + b.bins.workerPlugin, "--worker-arg=--delay=0s", "--transport=" + tr}
+			if strings.HasSuffix(s.server, "maxreq") {
+				args = append(args, "--max-requests="+strconv.Itoa(maxRequests))
+			}
+			srv, err = b.startRelayd(ctx, "relayd-"+s.server, args...)
 		case "s6":
 			srv, err = b.startS6(ctx)
 		}
@@ -275,7 +305,7 @@ func (b *bench) setup(ctx context.Context) error {
 				c = floorClient{bin: b.bins.empty, devnull: b.devnull}
 			case groupWorker:
 				c = &workerClient{bin: b.bins.worker, devnull: b.devnull}
-			case groupRelayd, groupSpares, groupSparesPaced, groupMaxRequests:
+			case groupRelayd, groupSpares, groupSparesPaced, groupMaxRequests, groupRelaydPlugin, groupRelaydPluginReused:
 				rc, err := dialRelay(ctx, socketOf(v.server))
 				if err != nil {
 					return fmt.Errorf("connecting to %s: %w", v.server.name, err)

@@ -15,6 +15,7 @@ import (
 // binaries are the programs the bench runs.
 type binaries struct {
 	relayd, worker  string // from --bin, or built like make build does
+	workerPlugin    string // the worker's go-plugin mode, beside the worker
 	empty           string // the floor: package main; func main() {}
 	plugin          string // the worker's echo behind go-plugin (gRPC)
 	s6echo          string // the per-connection program s6-ipcserver forks
@@ -23,6 +24,7 @@ type binaries struct {
 	// relayd has --max-requests
 	maxRequestsSupported bool
 	profileSupported     bool // relayd has --cpu-profile
+	transportSupported   bool // relayd has --transport (go-plugin workers)
 }
 
 // leanFlags builds the way the Makefile builds the worker: static and stripped, so that each
@@ -43,11 +45,12 @@ func build(ctx context.Context, cfg *config, tmp string) (binaries, error) {
 	type job struct {
 		out, pkg string
 		lean     bool
+		tags     string
 	}
 	jobs := []job{
-		{b.empty, "./bench/empty", true},
-		{b.plugin, "./bench/pluginworker", true},
-		{b.s6echo, "./bench/s6echo", true},
+		{b.empty, "./bench/empty", true, ""},
+		{b.plugin, "./bench/pluginworker", true, ""},
+		{b.s6echo, "./bench/s6echo", true, ""},
 	}
 	if cfg.bin != "" {
 		dir, err := filepath.Abs(cfg.bin)
@@ -55,6 +58,7 @@ func build(ctx context.Context, cfg *config, tmp string) (binaries, error) {
 			return b, err
 		}
 		b.relayd, b.worker = filepath.Join(dir, "relayd"), filepath.Join(dir, "worker")
+		b.workerPlugin = filepath.Join(dir, "worker-plugin")
 		for _, p := range []string{b.relayd, b.worker} {
 			if _, err := os.Stat(p); err != nil {
 				return b, fmt.Errorf("--bin: %w (run make build first)", err)
@@ -62,7 +66,9 @@ func build(ctx context.Context, cfg *config, tmp string) (binaries, error) {
 		}
 	} else {
 		b.relayd, b.worker = filepath.Join(tmp, "relayd"), filepath.Join(tmp, "worker")
-		jobs = append(jobs, job{b.relayd, "./cmd/relayd", false}, job{b.worker, "./cmd/worker", true})
+		b.workerPlugin = filepath.Join(tmp, "worker-plugin")
+		jobs = append(jobs, job{b.relayd, "./cmd/relayd", false, ""}, job{b.worker, "./cmd/worker", true, ""},
+			job{b.workerPlugin, "./cmd/worker", true, "goplugin"})
 	}
 
 	var wg sync.WaitGroup
@@ -74,6 +80,9 @@ func build(ctx context.Context, cfg *config, tmp string) (binaries, error) {
 			if j.lean {
 				args = append(args, leanFlags...)
 				env = append(env, "CGO_ENABLED=0")
+			}
+			if j.tags != "" {
+				args = append(args, "-tags="+j.tags)
 			}
 			cmd := exec.CommandContext(ctx, cfg.goCmd, append(args, j.pkg)...)
 			cmd.Dir, cmd.Env = root, env
@@ -94,6 +103,8 @@ func build(ctx context.Context, cfg *config, tmp string) (binaries, error) {
 	b.sparesSupported = bytes.Contains(help, []byte("--spares"))
 	b.maxRequestsSupported = bytes.Contains(help, []byte("--max-requests"))
 	b.profileSupported = bytes.Contains(help, []byte("--cpu-profile"))
+	_, err = os.Stat(b.workerPlugin)
+	b.transportSupported = bytes.Contains(help, []byte("--transport")) && err == nil
 	if p, err := exec.LookPath("s6-ipcserver"); err == nil {
 		b.s6ipcserver = p
 	}

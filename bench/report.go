@@ -127,6 +127,7 @@ func (r *report) markdown() string {
 				float64(v.srv.cpu.Microseconds())/n, float64(v.srv.cs)/n, float64((v.srv.children+v.srv.live).Microseconds())/n)
 		}
 		b.WriteString(r.longLived())
+		b.WriteString(r.transports())
 	}
 
 	if len(r.bursts) > 0 {
@@ -171,7 +172,7 @@ func (r *report) markdown() string {
 
 // longLived reports whether a group's workers serve many messages each.
 func longLived(group string) bool {
-	return group == groupWorkerReused || group == groupMaxRequests || group == groupPluginReused
+	return group == groupWorkerReused || group == groupMaxRequests || group == groupPluginReused || group == groupRelaydPluginReused
 }
 
 // longLived compares the long-lived workers: a go-plugin client reused for every message with
@@ -198,6 +199,52 @@ func (r *report) longLived() string {
 			fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %.0f | %s | %s | %s |\n", o.name, c, us(o.quantile(50)), o.throughput(), cpu(o),
 				ratio(float64(pv.quantile(50)), float64(o.quantile(50))), ratio(pv.throughput(), o.throughput()), ratio(cpu(pv), cpu(o)))
 		}
+	}
+	return b.String()
+}
+
+// transports puts relayd's three transports side by side, per message and reused, with
+// go-plugin's own client as the reference: p50 and msg/s at 1 and 8 clients.
+func (r *report) transports() string {
+	rows := []struct {
+		label, group, name string
+	}{
+		{"stdio, per message", groupRelayd, "relayd"},
+		{"grpc, per message", groupRelaydPlugin, "relayd --transport=grpc"},
+		{"netrpc, per message", groupRelaydPlugin, "relayd --transport=netrpc"},
+		{"go-plugin's own client, per message (no relayd)", groupPlugin, "go-plugin per message"},
+		{"stdio, reused", groupMaxRequests, fmt.Sprintf("relayd --max-requests=%d", maxRequests)},
+		{"grpc, reused", groupRelaydPluginReused, fmt.Sprintf("relayd --transport=grpc --max-requests=%d", maxRequests)},
+		{"netrpc, reused", groupRelaydPluginReused, fmt.Sprintf("relayd --transport=netrpc --max-requests=%d", maxRequests)},
+		{"go-plugin's own client, reused (no relayd)", groupPluginReused, "go-plugin, one client reused"},
+	}
+	find := func(group, name string, c int) *variant {
+		for _, v := range r.variants {
+			if v.group == group && v.name == name && v.nclients == c && v.msgs > 0 {
+				return v
+			}
+		}
+		return nil
+	}
+	var b strings.Builder
+	for _, row := range rows {
+		v1, v8 := find(row.group, row.name, 1), find(row.group, row.name, 8)
+		if v1 == nil && v8 == nil {
+			continue
+		}
+		if b.Len() == 0 {
+			fmt.Fprintf(&b, "\n### Transports side by side\n\nrelayd's transports with the echo worker (`--delay=0s`; the go-plugin rows run worker-plugin, the worker's go-plugin mode), per message and reused (`--max-requests=%d`), and go-plugin's own client without relayd for reference.\n\n", maxRequests)
+			b.WriteString("| transport | p50 µs, 1 client | msg/s, 1 client | p50 µs, 8 clients | msg/s, 8 clients |\n|---|--:|--:|--:|--:|\n")
+		}
+		cell := func(v *variant) (string, string) {
+			if v == nil {
+				return "–", "–"
+			}
+			return us(v.quantile(50)), fmt.Sprintf("%.0f", v.throughput())
+		}
+		p1, t1 := cell(v1)
+		p8, t8 := cell(v8)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", row.label, p1, t1, p8, t8)
 	}
 	return b.String()
 }

@@ -24,6 +24,9 @@ var svgColors = map[string]string{
 	groupWorkerReused: "#17becf",
 	groupMaxRequests:  "#8c564b",
 	groupPluginReused: "#bcbd22",
+
+	groupRelaydPlugin:       "#393b79",
+	groupRelaydPluginReused: "#637939",
 }
 
 const (
