@@ -58,6 +58,7 @@ func TestTransports(t *testing.T) {
 				{data: "!stderr 3", want: "!STDERR 3"},
 				{data: "!fork", want: "!FORK"},
 				{data: "!fds", want: "0 1 2"},
+				{data: "!rlimits", contains: []string{"core 0 0", "nofile 64 64"}},
 				{data: "!env", contains: []string{"RELAY_FAULTS=1", "RELAY_ATTEMPT=1"}},
 			}
 			if tr != "stdio" {
@@ -98,6 +99,11 @@ func TestTransports(t *testing.T) {
 			}
 			if strings.Contains(log, `line="{\"@level\"`) {
 				t.Errorf("relayd's log holds a worker's JSON log line as a string")
+			}
+			// Nothing reaches relayd's stderr past its logger: no line in the standard log
+			// package's format, which yamux and gRPC use by default.
+			if m := regexp.MustCompile(`(?m)^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d .*$`).FindString(log); m != "" {
+				t.Errorf("relayd's stderr has a line that bypassed its logger: %s", m)
 			}
 			// Nothing a worker started (the !fork grandchild, in a session of its own) outlives
 			// its message.
