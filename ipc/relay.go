@@ -44,7 +44,7 @@ type SandboxMissing struct {
 type WorkerStatus struct {
 	PID        int             `json:"pid"`
 	AgeSeconds float64         `json:"age_seconds"`
-	State      string          `json:"state"` // "busy", "idle" (ready, no message) or "starting" (no ready line yet)
+	State      string          `json:"state"` // "busy", "idle" (ready, no message), "starting" (no ready line yet) or "draining" (exiting)
 	Attempt    int             `json:"attempt,omitempty"`
 	Sender     string          `json:"sender,omitempty"`
 	MessageID  json.RawMessage `json:"message_id,omitempty"`

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"relayd/ipc"
+	"relayd/supervisor"
 )
 
 // Stats are the relay's counters, as logged by the stats reporter and returned by the stats topic.
@@ -86,12 +87,14 @@ func (r *Relay) Status() Status {
 	}
 	now := time.Now()
 	for _, w := range r.cfg.Host.Workers() {
-		ws := ipc.WorkerStatus{PID: w.PID, AgeSeconds: now.Sub(w.Started).Round(time.Millisecond).Seconds(), State: "idle"}
-		if !w.Ready {
-			ws.State = "starting"
-		}
+		// The worker's own state, except that one forked for a message is busy with it from
+		// the start (its request is written before its ready line).
+		ws := ipc.WorkerStatus{PID: w.PID, AgeSeconds: now.Sub(w.Started).Round(time.Millisecond).Seconds(), State: w.State.String()}
 		if w.Job != nil {
-			ws.State, ws.Attempt = "busy", w.Job.Attempt
+			if w.State == supervisor.StateStarting {
+				ws.State = supervisor.StateBusy.String()
+			}
+			ws.Attempt = w.Job.Attempt
 			if m, ok := w.Job.Tag.(*Message); ok {
 				ws.Sender, ws.MessageID = m.Sender, m.Req.ID
 			}
