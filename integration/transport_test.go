@@ -188,6 +188,24 @@ func TestPluginsReused(t *testing.T) {
 	}
 }
 
+// TestPluginSpares keeps go-plugin workers started and past their handshake (--spares): each
+// message is answered by one of them.
+func TestPluginSpares(t *testing.T) {
+	for _, tr := range []string{"grpc", "netrpc"} {
+		t.Run(tr, func(t *testing.T) {
+			dir := shortTempDir(t)
+			r := startRelayd(t, filepath.Join(dir, "s"), "--transport="+tr, "--worker-arg=--delay=0s", "--spares=2")
+			for i := range 4 {
+				checkAnswer(t, transportCase{data: fmt.Sprintf("spare %d", i), want: fmt.Sprintf("SPARE %d", i)},
+					askTo(t, r.socket, "relay", fmt.Sprintf("spare %d", i)))
+			}
+			if log := r.log.String(); strings.Contains(log, "reason=protocol") || strings.Contains(log, "starting a spare") {
+				t.Errorf("a spare failed; relayd's log:\n%s", log)
+			}
+		})
+	}
+}
+
 // TestPluginHandshake checks plugins that never complete go-plugin's handshake: one that prints
 // something else first, and one that prints half a line and hangs. Each is stopped within
 // --plugin-start-timeout and the answer names what it printed.
@@ -239,8 +257,8 @@ service "silent" {
 const python = "/usr/bin/python3"
 
 // TestPythonPlugin serves the Python example plugin (gRPC, no go-plugin) through relayd: per
-// message, reused, and without go-plugin's controller, in which case relayd stops it with
-// SIGTERM at once instead of waiting two seconds to kill it.
+// message, reused, without go-plugin's controller, in which case relayd stops it with SIGTERM at
+// once instead of waiting two seconds to kill it, and on a TCP port of its own.
 func TestPythonPlugin(t *testing.T) {
 	if out, err := exec.Command(python, "-c", "import grpc, google.protobuf").CombinedOutput(); err != nil {
 		t.Skipf("the Python plugin needs %s with grpcio and protobuf (Debian: python3-grpcio python3-protobuf): %v %s", python, err, out)
@@ -264,11 +282,17 @@ service "pynoctl" {
   args      = ["--without-controller"]
   transport = "grpc"
 }
+service "pytcp" {
+  worker    = %[1]q
+  args      = ["--tcp"]
+  transport = "grpc"
+  network   = true
+}
 `, script)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r := startRelayd(t, filepath.Join(dir, "s"), "--config", conf)
-	for _, name := range []string{"py", "pyreused", "pynoctl"} {
+	for _, name := range []string{"py", "pyreused", "pynoctl", "pytcp"} {
 		for _, tc := range []transportCase{
 			{data: "héllo", want: "HÉLLO"},
 			{data: 42, code: "bad_request", msg: "must be a JSON string"},
@@ -276,17 +300,18 @@ service "pynoctl" {
 			checkAnswer(t, tc, askTo(t, r.socket, name, tc.data))
 		}
 	}
-	// Each per-message plugin (two of py, two of pynoctl) was told to stop and exited 0: none
-	// was killed, with or without a controller.
+	// Each per-message plugin (two each of py, pynoctl and pytcp) was told to stop and exited 0:
+	// none was killed, with or without a controller.
 	normal := func() int { return strings.Count(r.log.String(), `result="exited with status 0" reason=normal`) }
-	if !eventually(20*time.Second, func() bool { return normal() >= 4 }) {
-		t.Errorf("%d plugins exited 0 normally, want 4; relayd's log:\n%s", normal(), r.log)
+	if !eventually(20*time.Second, func() bool { return normal() >= 6 }) {
+		t.Errorf("%d plugins exited 0 normally, want 6; relayd's log:\n%s", normal(), r.log)
 	}
 	log := r.log.String()
 	if strings.Contains(log, "SIGKILL") || strings.Contains(log, "reason=protocol") {
 		t.Errorf("a Python plugin was killed or broke the protocol; relayd's log:\n%s", log)
 	}
-	if !regexp.MustCompile(`worker: serving: service=py pid=\d+ module=python-plugin port=\d+`).MatchString(log) {
+	if !regexp.MustCompile(`worker: serving: service=py pid=\d+ module=python-plugin address=/\S+/plugin.sock network=unix`).MatchString(log) ||
+		!regexp.MustCompile(`worker: serving: service=pytcp pid=\d+ module=python-plugin address=127.0.0.1:\d+ network=tcp`).MatchString(log) {
 		t.Errorf("the plugin's hclog line is not in relayd's log as fields; log:\n%s", log)
 	}
 }

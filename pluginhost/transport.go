@@ -18,7 +18,9 @@ import (
 	"net/rpc"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -127,6 +129,10 @@ func (t *Transport) Prepare(cmd *exec.Cmd) (supervisor.Conn, error) {
 	go c.run(started)
 	select {
 	case e := <-env:
+		// go-plugin's client names a directory of its own for the plugin's Unix socket, which a
+		// sandboxed plugin cannot write; without it a plugin makes its socket under TMPDIR, its
+		// private scratch directory.
+		e = slices.DeleteFunc(e, func(kv string) bool { return strings.HasPrefix(kv, goplugin.EnvUnixSocketDir+"=") })
 		cmd.Env = append(append(cmd.Env, e...), plugin.EnvTransport+"="+t.Protocol)
 		return c, nil
 	case err := <-started:

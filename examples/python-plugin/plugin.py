@@ -12,15 +12,18 @@ It needs Python 3 with grpcio and protobuf (Debian: python3-grpcio python3-proto
 worker_pb2.py beside it (generated from sdk/plugin/pluginpb/worker.proto by `make proto`). It
 implements what go-plugin expects of a gRPC plugin in any language: the service, the gRPC health
 service (service "plugin"), go-plugin's controller (Shutdown), and the handshake line on stdout
-for a port it binds itself, so that plugins started at once never collide.
+for a socket of its own (a Unix socket in $TMPDIR, or with --tcp a free TCP port), so that
+plugins started at once never collide.
 """
 
 import argparse
 import datetime
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from concurrent import futures
 
@@ -74,6 +77,9 @@ def main():
     parser.add_argument("--without-controller", action="store_true",
                         help="do not serve go-plugin's controller, as many plugins in other languages "
                              "do not: relayd then stops the plugin with SIGTERM")
+    parser.add_argument("--tcp", action="store_true",
+                        help="listen on a free TCP port of 127.0.0.1 instead of a Unix socket in $TMPDIR "
+                             "(relayd's sandbox lets a worker use TCP only with network = true)")
     args = parser.parse_args()
     if os.environ.get(MAGIC_COOKIE_KEY) != MAGIC_COOKIE_VALUE:
         print("This is a relayd plugin: relayd starts it for a service with transport \"grpc\".",
@@ -109,8 +115,18 @@ def main():
         }))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers(handlers)
-    # Port 0: the kernel picks a free port, so plugins started at once never collide.
-    port = server.add_insecure_port("127.0.0.1:0")
+    # A socket of its own, so that plugins started at once never collide: a Unix socket in a new
+    # directory under $TMPDIR (relayd gives each worker a private one), or TCP port 0, for which
+    # the kernel picks a free port.
+    socket_dir = None
+    if args.tcp:
+        port = server.add_insecure_port("127.0.0.1:0")
+        network, address = "tcp", "127.0.0.1:%d" % port
+    else:
+        socket_dir = tempfile.mkdtemp(prefix="plugin-", dir=os.environ.get("PLUGIN_UNIX_SOCKET_DIR"))
+        address = os.path.join(socket_dir, "plugin.sock")
+        server.add_insecure_port("unix:" + address)
+        network = "unix"
     server.start()
 
     # SIGTERM is a graceful stop, as the controller's Shutdown is: finish the call in
@@ -119,12 +135,16 @@ def main():
 
     # The handshake line: core protocol|app protocol|network|address|protocol. Nothing else
     # may be written to stdout.
-    print("%d|%d|tcp|127.0.0.1:%d|grpc" % (CORE_PROTOCOL_VERSION, PROTOCOL_VERSION, port), flush=True)
-    log("info", "serving", port=port)
+    print("%d|%d|%s|%s|grpc" % (CORE_PROTOCOL_VERSION, PROTOCOL_VERSION, network, address), flush=True)
+    log("info", "serving", network=network, address=address)
 
-    while not stop.wait(3600):
-        pass
-    server.stop(grace=5).wait()
+    try:
+        while not stop.wait(3600):
+            pass
+        server.stop(grace=5).wait()
+    finally:
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
     return 0
 
 

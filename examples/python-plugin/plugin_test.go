@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -31,8 +32,16 @@ func needGRPC(t *testing.T) {
 }
 
 func TestPythonPlugin(t *testing.T) {
+	for _, args := range [][]string{nil, {"--tcp"}} {
+		t.Run(strings.Join(append([]string{"default"}, args...), " "), func(t *testing.T) { testPythonPlugin(t, args) })
+	}
+}
+
+// testPythonPlugin starts the plugin with args through go-plugin's client and checks every call.
+func testPythonPlugin(t *testing.T, args []string) {
 	needGRPC(t)
-	cmd := exec.Command("./plugin.py")
+	cmd := exec.Command("./plugin.py", args...)
+	cmd.Env = []string{"TMPDIR=" + t.TempDir()}
 	log := new(testbin.SyncBuffer)
 	pc := goplugin.NewClient(&goplugin.ClientConfig{
 		HandshakeConfig:  plugin.Handshake,
