@@ -362,9 +362,8 @@ func TestDirectiveTable(t *testing.T) {
 		var out bytes.Buffer
 		w := &worker{stdout: &out, out: bufio.NewWriter(&out), stderr: io.Discard, faults: true, attempt: 1}
 		handled, err := w.fault("1", d.name)
-		w.out.Flush()
-		if !handled || err != nil || !strings.Contains(out.String(), "want "+d.usage()) {
-			t.Errorf("%s without its argument: handled %v, err %v, reply %s; want an error reply naming %q", d.name, handled, err, out.String(), d.usage())
+		if !handled || err != nil || w.answerErr == nil || !strings.Contains(w.answerErr.Error(), "want "+d.usage()) {
+			t.Errorf("%s without its argument: handled %v, err %v, answer %v; want an error answer naming %q", d.name, handled, err, w.answerErr, d.usage())
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"relayd/internal/casemap"
 	"relayd/internal/cli"
 	"relayd/ipc"
+	"relayd/sdk"
 )
 
 // version is the worker's version; the build may set it with -ldflags "-X main.version=…".
@@ -165,6 +166,10 @@ type worker struct {
 	environ []string
 	faults  bool // fault directives are obeyed (RELAY_FAULTS=1)
 	attempt int  // RELAY_ATTEMPT, 1 when unset
+
+	// The answer a fault directive gave the current request, for answer to return.
+	answerData json.RawMessage
+	answerErr  error
 }
 
 // logLine writes one log line to stderr in hclog's JSON format ("@level", "@message",
@@ -190,46 +195,30 @@ func (w *worker) logLine(level, msg string, args ...any) {
 	w.stderr.Write(append(b, '\n'))
 }
 
-// serve writes the ready line, then answers request lines until stdin ends.
+// serve answers requests on stdin with the worker SDK until stdin ends.
 func (w *worker) serve(stdin io.Reader) error {
-	if err := w.writeRaw(readyLine(os.Getpid())); err != nil {
-		return err
-	}
-	warmUp()
-	// A small buffer: the worker starts once per message, and most requests are short.
-	lines := ipc.NewLineReaderSize(stdin, maxRequestBytes, 4<<10)
-	for {
-		line, err := lines.ReadLine()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("reading request: %w", err)
-		}
-		if len(bytes.TrimSpace(line)) == 0 {
-			continue
-		}
-		if err := w.handle(line); err != nil {
-			return err
-		}
-	}
+	return (&sdk.Worker{
+		Handler:         w.answer,
+		In:              stdin,
+		Out:             w.stdout,
+		Attempt:         w.attempt,
+		MaxRequestBytes: maxRequestBytes,
+		OnReady:         warmUp,
+	}).Serve()
 }
 
-// handle answers one request line. A line that is not a request at all is an error that ends
-// the worker: it has no id to answer, and a parent that writes such lines is not speaking the
-// protocol. A well-formed request that cannot be served gets an error reply.
-func (w *worker) handle(line []byte) error {
-	var req ipc.WorkerRequest
-	if err := json.Unmarshal(line, &req); err != nil {
-		return fmt.Errorf("decoding request: %w", err)
-	}
+// answer answers one request: the data uppercased, after --delay. Data that is not a string is
+// bad_request, a topic other than echo unknown_topic; a fault directive may answer otherwise,
+// or end the worker (sdk.Stop).
+func (w *worker) answer(req *sdk.Request) (json.RawMessage, error) {
+	w.answerData, w.answerErr = nil, nil
 	if req.Topic != topicEcho {
-		return w.replyCode(req.ID, ipc.CodeUnknownTopic, "unknown topic "+strconv.Quote(req.Topic)+" (the echo worker has one topic: echo)")
+		return nil, sdk.Errorf(sdk.CodeUnknownTopic, "unknown topic %q (the echo worker has one topic: echo)", req.Topic)
 	}
 	// json.Unmarshal would take null for an empty string, so look at the value itself.
 	var text string
 	if len(req.Data) == 0 || req.Data[0] != '"' || json.Unmarshal(req.Data, &text) != nil {
-		return w.replyCode(req.ID, ipc.CodeBadRequest, "data of topic echo must be a JSON string")
+		return nil, sdk.Errorf(sdk.CodeBadRequest, "data of topic echo must be a JSON string")
 	}
 
 	// The delay stands for the work, so it comes before fault directives too.
@@ -238,19 +227,24 @@ func (w *worker) handle(line []byte) error {
 	}
 	if w.faults && strings.HasPrefix(text, "!") {
 		if handled, err := w.fault(req.ID, text); handled {
-			return err
+			if err != nil {
+				return nil, sdk.Stop(err)
+			}
+			return w.answerData, w.answerErr
 		}
 	}
-	return w.replyText(req.ID, casemap.Upper(text))
+	return marshal(casemap.Upper(text))
 }
 
-// replyText answers request id with text as its data.
+// replyText makes text the answer to the current request (id is the request's; a fault
+// directive answers the request it came in).
 func (w *worker) replyText(id, text string) error {
 	data, err := marshal(text)
 	if err != nil {
 		return fmt.Errorf("encoding reply: %w", err)
 	}
-	return w.writeLine(ipc.WorkerReply{ID: id, Data: data})
+	w.answerData, w.answerErr = data, nil
+	return nil
 }
 
 // marshal is json.Marshal without HTML escaping: json.Marshal writes each of < > & as a
@@ -266,62 +260,29 @@ func marshal(v any) ([]byte, error) {
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
-// replyError answers request id with an error of no particular code (worker_error).
+// replyError makes an error of no particular code (worker_error) the answer to the current
+// request.
 func (w *worker) replyError(id, msg string) error {
 	return w.replyCode(id, "", msg)
 }
 
-// replyCode answers request id with an error with a code.
+// replyCode makes an error with a code the answer to the current request.
 func (w *worker) replyCode(id, code, msg string) error {
-	return w.writeLine(ipc.WorkerReply{ID: id, Error: &ipc.WorkerError{Code: code, Message: msg}})
+	w.answerData, w.answerErr = nil, &sdk.Error{Code: code, Message: msg}
+	return nil
 }
 
-// writeLine writes v as one JSON line to stdout and flushes it.
 // warmUp decodes and encodes a request and a reply once, so that the code doing it is paged
 // in and its reflection caches are built before a request arrives. A spare worker — started
 // ahead of its message — thus pays this before its message, not during it; a worker started
 // for a message pays it once either way.
 func warmUp() {
-	var req ipc.WorkerRequest
+	var req sdk.Request
 	if json.Unmarshal([]byte(`{"id":"0","topic":"echo","data":"warm"}`), &req) == nil {
-		data, _ := json.Marshal(casemap.Upper("warm"))
-		json.Marshal(ipc.WorkerReply{ID: req.ID, Data: data})
+		data, _ := marshal(casemap.Upper("warm"))
+		marshal(struct {
+			ID   string          `json:"id"`
+			Data json.RawMessage `json:"data"`
+		}{req.ID, data})
 	}
-}
-
-// readyLine is the worker's first line, {"ready":true,"protocol":1,"pid":PID}. It is built by
-// hand: the ready line is on every message's critical path, and encoding it with
-// encoding/json is the first use of reflection, which costs a tenth of the worker's start
-// (measured with perf stat: page faults and task clock). TestReadyLine checks it matches
-// json.Marshal of ipc.Ready.
-func readyLine(pid int) []byte {
-	b := append([]byte(`{"ready":true,"protocol":`), strconv.Itoa(ipc.ProtocolVersion)...)
-	b = append(append(b, `,"pid":`...), strconv.Itoa(pid)...)
-	return append(b, "}\n"...)
-}
-
-// writeRaw writes a complete line and flushes it.
-func (w *worker) writeRaw(line []byte) error {
-	if _, err := w.out.Write(line); err != nil {
-		return fmt.Errorf("writing stdout: %w", err)
-	}
-	if err := w.out.Flush(); err != nil {
-		return fmt.Errorf("writing stdout: %w", err)
-	}
-	return nil
-}
-
-func (w *worker) writeLine(v any) error {
-	b, err := marshal(v)
-	if err != nil {
-		return fmt.Errorf("encoding line: %w", err)
-	}
-	b = append(b, '\n')
-	if _, err := w.out.Write(b); err != nil {
-		return fmt.Errorf("writing stdout: %w", err)
-	}
-	if err := w.out.Flush(); err != nil {
-		return fmt.Errorf("writing stdout: %w", err)
-	}
-	return nil
 }

@@ -629,18 +629,6 @@ func TestRunInProcess(t *testing.T) {
 	}
 }
 
-func TestReadyLine(t *testing.T) {
-	for _, pid := range []int{1, 48213, 4194304} {
-		want, err := json.Marshal(ipc.Ready{Ready: true, Protocol: ipc.ProtocolVersion, PID: pid})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := string(readyLine(pid)); got != string(want)+"\n" {
-			t.Errorf("readyLine(%d) = %q, want %q", pid, got, want)
-		}
-	}
-}
-
 // TestReplyNotInflated checks that HTML characters are written as themselves: escaped, each
 // would take six bytes, and an answer could be six times its request.
 func TestReplyNotInflated(t *testing.T) {
