@@ -181,6 +181,11 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 		n.release(h)
 		return
 	}
+	if meta, err := m.Metadata(); err == nil && meta.NumDelivered > 1 {
+		// Another node took it before and neither answered nor handed it back: it died, or
+		// lost NATS for longer than the ack wait.
+		n.log.Info("taking a redelivered durable request", "id", id, "delivery", meta.NumDelivered)
+	}
 	n.mu.Lock()
 	s := n.services[name]
 	n.mu.Unlock()

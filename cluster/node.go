@@ -150,7 +150,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	if !semver.MatchString(n.version) {
 		n.version = "0.0.0-" + sanitize(n.version)
 	}
-	nc, err := connect(opts.ConnOptions, n.log, nats.ClosedHandler(func(*nats.Conn) { close(n.closed) }), nats.DrainTimeout(10*time.Second))
+	nc, err := connect(opts.ConnOptions, n.log, nats.ClosedHandler(func(*nats.Conn) { close(n.closed) }), nats.DrainTimeout(2*time.Second))
 	if err != nil {
 		return nil, err
 	}
