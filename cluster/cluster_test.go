@@ -284,6 +284,55 @@ func TestDrainUnderLoad(t *testing.T) {
 	}
 }
 
+// A draining node that cannot finish in --shutdown-timeout hands its durable requests back,
+// and another node answers them: nothing fails, nothing is lost.
+func TestDrainHandsBack(t *testing.T) {
+	nc := startCluster(t, 1)
+	var nodes []*node
+	for i := range 2 {
+		nodes = append(nodes, startNode(t, fmt.Sprintf("node%d", i+1), nc.urls(),
+			"--nats-durable", "--nats-ack-wait", "1s", "--max-workers", "2", "--worker-arg=--delay=800ms",
+			"--shutdown-timeout", "200ms", "--kill-grace", "200ms"))
+	}
+	c := dial(t, nc.urls(), true)
+	waitNodes(t, c, "relay", 2)
+	calls := make([]*ipc.Call, 6)
+	for i := range calls {
+		call, err := c.Send("relay", "echo", fmt.Sprintf("m-%d", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls[i] = call
+	}
+	waitFor(t, 20*time.Second, "node1 holding requests", func() error {
+		st, err := c.Gather(t.Context(), "relay", 2*time.Second)
+		if err != nil {
+			return err
+		}
+		for _, s := range st {
+			if s.Node == "node1" && s.Data.InFlight > 0 {
+				return nil
+			}
+		}
+		return fmt.Errorf("node1 holds nothing yet: %+v", st)
+	})
+	nodes[0].stop(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	for i, call := range calls {
+		a, err := c.Wait(ctx, call)
+		if err != nil {
+			t.Fatalf("message %d: %v", i+1, err)
+		}
+		if a.Error != nil || string(a.Data) != fmt.Sprintf(`"M-%d"`, i+1) {
+			t.Errorf("message %d: answer %s, want M-%d", i+1, a.Raw, i+1)
+		}
+	}
+	if !strings.Contains(nodes[0].log.String(), "handing a durable request back") {
+		t.Errorf("node1 handed nothing back; its log:\n%s", nodes[0].log)
+	}
+}
+
 // A NATS server restart: the node reconnects and serves again.
 func TestServerRestart(t *testing.T) {
 	port := freePort(t)

@@ -202,6 +202,7 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 			if s != nil {
 				s.inFlight.Add(-1)
 			}
+			n.log.Debug("handing a durable request back", "id", id, "reason", r.Error.Code)
 			m.NakWithDelay(delay)
 			n.release(h)
 			return
