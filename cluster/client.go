@@ -268,51 +268,37 @@ type NodeStats struct {
 	Data  EndpointData
 }
 
-// gatherQuiet ends Gather once no node answered for this long after the first did.
+// gatherQuiet ends collecting pings once no node answered for this long after the first did:
+// micro answers a ping itself, within a round trip.
 const gatherQuiet = 300 * time.Millisecond
 
-// Gather asks every node serving name for its stats through micro's discovery and collects the
-// answers that come within wait (or until ctx ends).
+// Gather asks every node serving name for its stats through micro's discovery and returns them
+// sorted by node. It pings first to learn which nodes there are (micro answers pings at once),
+// then waits for each one's stats, which go through its relay, until wait has passed.
 func (c *Client) Gather(ctx context.Context, name string, wait time.Duration) ([]NodeStats, error) {
 	if !validToken(name) {
 		return nil, fmt.Errorf("name %q cannot travel on NATS", name)
 	}
-	subject, err := micro.ControlSubject(micro.StatsVerb, name, "")
-	if err != nil {
-		return nil, err
-	}
-	inbox := nats.NewInbox()
-	sub, err := c.nc.SubscribeSync(inbox)
-	if err != nil {
-		return nil, err
-	}
-	defer sub.Unsubscribe()
-	if err := c.nc.PublishRequest(subject, inbox, nil); err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
+	ids := map[string]bool{}
+	err := c.discover(ctx, micro.PingVerb, name, func(data []byte) bool {
+		var p micro.Ping
+		if json.Unmarshal(data, &p) == nil && p.ID != "" {
+			ids[p.ID] = true
+		}
+		return false
+	})
+	if err != nil || len(ids) == 0 {
+		return nil, err
+	}
 	var out []NodeStats
-	for {
-		// Every node answers within a round trip; once the first answers came, a short quiet
-		// spell ends the wait.
-		next := ctx
-		if len(out) > 0 {
-			var cancelNext context.CancelFunc
-			next, cancelNext = context.WithTimeout(ctx, gatherQuiet)
-			defer cancelNext()
-		}
-		m, err := sub.NextMsgWithContext(next)
-		if err != nil {
-			break
-		}
-		if m.Header.Get("Status") == "503" {
-			break
-		}
+	err = c.discover(ctx, micro.StatsVerb, name, func(data []byte) bool {
 		var st micro.Stats
-		if json.Unmarshal(m.Data, &st) != nil {
-			continue
+		if json.Unmarshal(data, &st) != nil || !ids[st.ID] {
+			return false
 		}
+		delete(ids, st.ID)
 		ns := NodeStats{ID: st.ID, Node: st.Metadata["node"]}
 		for _, e := range st.Endpoints {
 			if e != nil && e.Name == "messages" {
@@ -321,7 +307,46 @@ func (c *Client) Gather(ctx context.Context, name string, wait time.Duration) ([
 			}
 		}
 		out = append(out, ns)
+		return len(ids) == 0
+	})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortFunc(out, func(a, b NodeStats) int { return strings.Compare(a.Node+a.ID, b.Node+b.ID) })
 	return out, nil
+}
+
+// discover sends a discovery request ($SRV.VERB.NAME) and hands each answer to take until take
+// says it has all, ctx ends, or, once some answered, none did for gatherQuiet (for pings) —
+// stats wait for every node take expects until ctx ends. No responders is no answer.
+func (c *Client) discover(ctx context.Context, verb micro.Verb, name string, take func([]byte) bool) error {
+	subject, err := micro.ControlSubject(verb, name, "")
+	if err != nil {
+		return err
+	}
+	inbox := nats.NewInbox()
+	sub, err := c.nc.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if err := c.nc.PublishRequest(subject, inbox, nil); err != nil {
+		return err
+	}
+	answered := false
+	for {
+		next, cancel := ctx, context.CancelFunc(func() {})
+		if answered && verb == micro.PingVerb {
+			next, cancel = context.WithTimeout(ctx, gatherQuiet)
+		}
+		m, err := sub.NextMsgWithContext(next)
+		cancel()
+		if err != nil || m.Header.Get("Status") == "503" {
+			return nil
+		}
+		answered = true
+		if take(m.Data) {
+			return nil
+		}
+	}
 }
