@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -151,6 +152,15 @@ func New(cfg Config) (*Sandbox, error) {
 	return s, nil
 }
 
+// nsProbe is the outcome of trying the namespaces on a real process, once per process.
+var nsProbe struct {
+	sync.Mutex
+	done    bool
+	flags   uintptr // the clone flags that worked
+	missing string  // why the namespaces did not, or ""
+	err     error
+}
+
 // probe fills in what the kernel grants and sets the sandbox up to use it.
 func (s *Sandbox) probe(cmd func() *exec.Cmd) error {
 	missing := func(m string, reason string) {
@@ -206,12 +216,29 @@ func (s *Sandbox) probe(cmd func() *exec.Cmd) error {
 		// --worker-user's job.
 		s.cloneflags = unix.CLONE_NEWPID
 	}
-	if err := s.run(cmd()); err != nil {
-		missing(PIDNamespace, err.Error())
-		s.cloneflags = 0
+	// The kernel's answer is the same for every sandbox of the process, and it is asked once:
+	// a relayd with several services makes a sandbox per service, the later ones while a
+	// supervisor already sweeps relayd's children, and that sweep would kill an untracked
+	// probe process.
+	nsProbe.Lock()
+	defer nsProbe.Unlock()
+	if !nsProbe.done {
+		nsProbe.flags, nsProbe.missing, nsProbe.err = s.cloneflags, "", nil
 		if err := s.run(cmd()); err != nil {
-			return fmt.Errorf("starting a confined process: %w", err)
+			nsProbe.missing, nsProbe.flags = err.Error(), 0
+			s.cloneflags = 0
+			if err := s.run(cmd()); err != nil {
+				nsProbe.err = fmt.Errorf("starting a confined process: %w", err)
+			}
 		}
+		nsProbe.done = nsProbe.err == nil
+		if nsProbe.err != nil {
+			return nsProbe.err
+		}
+	}
+	s.cloneflags = nsProbe.flags
+	if nsProbe.missing != "" {
+		missing(PIDNamespace, nsProbe.missing)
 	}
 	for _, m := range Mechanisms {
 		if !slices.ContainsFunc(s.report.Missing, func(x Missing) bool { return x.Mechanism == m }) &&
