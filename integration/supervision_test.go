@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -104,6 +105,12 @@ service "stall" {
 		"--message-timeout=20s", "--kill-grace=200ms", "--max-workers=32", "--max-restarts=2",
 		"--worker-rlimit-data=256MiB", "--stats-interval=0", "--log-level=warn")
 	pid := r.cmd.Process.Pid
+	// Each service sets up its workers' sandbox at its first worker: count from there.
+	for _, name := range []string{"relay", "stall"} {
+		if a := askTo(t, sock, name, "warm"); a.Error != nil {
+			t.Fatalf("%s: %s", name, a.Raw)
+		}
+	}
 	baseFDs := fdCount(pid)
 	baseGoroutines := stats(t, sock)["goroutines"].(float64)
 
@@ -201,7 +208,8 @@ service "stall" {
 		t.Errorf("relayd still has descendants: %v", descendants(pid))
 	}
 	if !eventually(3*time.Second, func() bool { return fdCount(pid) <= baseFDs }) {
-		t.Errorf("relayd has %d descriptors, %d before the chaos", fdCount(pid), baseFDs)
+		out, _ := exec.Command("ls", "-l", fmt.Sprintf("/proc/%d/fd", pid)).CombinedOutput()
+		t.Errorf("relayd has %d descriptors, %d before the chaos:\n%s", fdCount(pid), baseFDs, out)
 	}
 	var g float64
 	if !eventually(3*time.Second, func() bool { g = stats(t, sock)["goroutines"].(float64); return g <= baseGoroutines }) {
