@@ -80,7 +80,6 @@ const (
 	evDeadline                   // the job's deadline passed; the process is being stopped
 	evOutputEnd                  // the transport's output ended
 	evExit                       // the process exited and was reaped; ws is its wait status
-	evDrainLate                  // the output did not end within the grace after the exit
 )
 
 type event struct {
@@ -92,17 +91,23 @@ type event struct {
 }
 
 // worker is one worker process and the state machine of its life. Its goroutine (run) alone
-// moves it between states; the transport's reader, the waiter, the deadline timer and Spawn
-// only post events.
+// moves it between states: it reads the worker's frames itself, so a frame costs no hand-over
+// between goroutines, and learns of a job, its deadline and its exit from channels the
+// assigning Spawn, the deadline timer and the waiter send on. Besides it, a worker has a
+// goroutine that forwards its stderr and one that waits for its exit: three in all.
 type worker struct {
 	h    *Host
 	p    *proc
 	conn Conn
 	ex   *Exit
 
-	events   chan event    // from the reader and the waiter
-	deadline chan struct{} // the job's deadline fired (capacity 1)
-	jobs     chan *Job     // a job handed to it while idle (capacity 1)
+	exits    chan syscall.WaitStatus // from the waiter (capacity 1)
+	deadline chan struct{}           // the job's deadline fired (capacity 1)
+	jobs     chan *Job               // a job handed to it while idle (capacity 1)
+	// drainLate closes the transport if its output has not ended a grace after the exit:
+	// something the sweep could not reach still holds it. Set by the waiter before it sends
+	// on exits.
+	drainLate *time.Timer
 
 	// Owned by the worker's goroutine.
 	spare       bool // started without a job, and not yet taken or told to go
@@ -116,7 +121,6 @@ type worker struct {
 	waited      bool
 	ws          syscall.WaitStatus
 	outputEnded bool
-	drainLate   <-chan time.Time
 
 	mu    sync.Mutex
 	state State // guarded by mu; written only by to
@@ -128,7 +132,7 @@ type worker struct {
 func newWorker(h *Host, p *proc, conn Conn, ex *Exit, spare bool) *worker {
 	w := &worker{
 		h: h, p: p, conn: conn, ex: ex, spare: spare, unready: spare,
-		events:   make(chan event, 4),
+		exits:    make(chan syscall.WaitStatus, 1),
 		deadline: make(chan struct{}, 1),
 		jobs:     make(chan *Job, 1),
 	}
@@ -174,8 +178,7 @@ func (w *worker) owes() owed {
 // it was forked for; nil for a spare.
 func (w *worker) run(job *Job) {
 	var aux sync.WaitGroup
-	aux.Add(3)
-	go func() { defer aux.Done(); w.read() }()
+	aux.Add(2)
 	stderrDone := make(chan struct{})
 	var lastWords string // written before stderrDone is closed, read after aux.Wait
 	go func() { defer aux.Done(); defer close(stderrDone); lastWords = w.h.forwardStderr(w.p) }()
@@ -187,7 +190,8 @@ func (w *worker) run(job *Job) {
 		if w.h.opts.Subreaper {
 			w.h.sweep(false)
 		}
-		w.events <- event{kind: evExit, ws: ws}
+		w.drainLate = time.AfterFunc(w.h.drainGrace(), func() { w.conn.Close() })
+		w.exits <- ws
 	}()
 
 	if job != nil {
@@ -196,20 +200,7 @@ func (w *worker) run(job *Job) {
 		w.send(job) // Before the ready line: it saves a round trip; the ready line is still checked.
 	}
 	for w.state != StateExited {
-		var jobs <-chan *Job
-		if w.state == StateIdle {
-			jobs = w.jobs
-		}
-		select {
-		case ev := <-w.events:
-			w.handle(ev)
-		case j := <-jobs:
-			w.handle(event{kind: evJob, job: j})
-		case <-w.deadline:
-			w.handle(event{kind: evDeadline})
-		case <-w.drainLate:
-			w.handle(event{kind: evDrainLate})
-		}
+		w.handle(w.next())
 	}
 
 	// A job handed over as the worker died is reported with the worker's EXIT.
@@ -227,6 +218,7 @@ func (w *worker) run(job *Job) {
 	w.p.closePipes()
 	w.conn.Close()
 	aux.Wait()
+	w.drainLate.Stop()
 	ex := w.ex
 	ex.Replied = w.replied
 	// A worker that exits 0 owes a reply if it had a job it did not answer, or if it went
@@ -238,20 +230,40 @@ func (w *worker) run(job *Job) {
 	w.h.events <- Event{PID: w.p.pid, Job: w.job, Replied: w.replied, Exit: ex}
 }
 
-// read is the transport's reader: it posts every frame, and the end of the output.
-func (w *worker) read() {
-	for {
-		f, err := w.conn.Recv()
-		switch {
-		case err == nil:
-			w.events <- event{kind: evFrame, frame: f}
-		case errors.Is(err, io.EOF), errors.Is(err, os.ErrClosed):
-			w.events <- event{kind: evOutputEnd}
-			return
-		default:
-			w.events <- event{kind: evBadFrame, err: err}
+// next waits for the worker's next event. An idle worker waits for a job or its exit; any
+// other reads its next frame, and once its output has ended waits for its exit. A deadline
+// that fired meanwhile comes next: the timer stops the process itself, so the frame it may
+// still have sent, or the end of its output, is never held up by it.
+func (w *worker) next() event {
+	select {
+	case <-w.deadline:
+		return event{kind: evDeadline}
+	default:
+	}
+	switch {
+	case w.state == StateIdle:
+		select {
+		case j := <-w.jobs:
+			return event{kind: evJob, job: j}
+		case ws := <-w.exits:
+			return event{kind: evExit, ws: ws}
+		}
+	case w.outputEnded:
+		select {
+		case ws := <-w.exits:
+			return event{kind: evExit, ws: ws}
+		case <-w.deadline:
+			return event{kind: evDeadline}
 		}
 	}
+	f, err := w.conn.Recv()
+	switch {
+	case err == nil:
+		return event{kind: evFrame, frame: f}
+	case errors.Is(err, io.EOF), errors.Is(err, os.ErrClosed):
+		return event{kind: evOutputEnd}
+	}
+	return event{kind: evBadFrame, err: err}
 }
 
 // handle is the state machine: it applies one event.
@@ -275,13 +287,6 @@ func (w *worker) handle(ev event) {
 	case evExit:
 		w.waited, w.ws = true, ev.ws
 		w.to(StateDraining)
-		if !w.outputEnded {
-			w.drainLate = time.After(w.h.drainGrace())
-		}
-	case evDrainLate:
-		// Something the sweep could not reach still holds the output; stop reading it.
-		w.drainLate = nil
-		w.conn.Close()
 	}
 	if w.waited && w.outputEnded {
 		w.to(StateExited)
