@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -295,5 +296,81 @@ service "storm" {
 	}
 	if v, _ := sample(fams, "relayd_messages_total", map[string]string{"service": "broken", "topic": "echo", "outcome": "unavailable"}); v != 1 {
 		t.Errorf("broken's unavailable answers = %v, want 1", v)
+	}
+}
+
+// TestEchoServices drives echo --to in every mode against a relayd with a second service, and
+// checks that --status and --top group workers by service unless --to names one.
+func TestEchoServices(t *testing.T) {
+	dir := shortTempDir(t)
+	conf := filepath.Join(dir, "relayd.hcl")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`
+service "upper" {
+  worker = %q
+  args   = ["--delay=0s"]
+}
+`, filepath.Join(binDir, "worker"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "s")
+	startRelayd(t, sock, "--config", conf, "--worker-arg=--delay=0s", "--stats-interval=0")
+
+	if got := runEcho(t, sock, "--to", "upper", "hello"); got != "HELLO\n" {
+		t.Errorf("one-shot --to upper: %q", got)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "echo"), "--socket", sock, "--to", "upper")
+	cmd.Stdin = strings.NewReader("a\nb\n")
+	if out, err := cmd.Output(); err != nil || string(out) != "A\nB\n" {
+		t.Errorf("pipe --to upper: %q, %v", out, err)
+	}
+	if got := runEcho(t, sock, "--to", "upper", "--stats"); !strings.Contains(got, "messages 3\n") {
+		t.Errorf("--stats --to upper counts upper's 3 messages alone:\n%s", got)
+	}
+	if got := runEcho(t, sock, "--stats"); !strings.Contains(got, "messages 0\n") {
+		t.Errorf("--stats of relay counts none of upper's:\n%s", got)
+	}
+
+	all := runEcho(t, sock, "--status")
+	for _, want := range []string{"names: relay, upper\n", "\nservice relay\n", "\nservice upper\n"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("--status lacks %q:\n%s", want, all)
+		}
+	}
+	if strings.Index(all, "service relay") > strings.Index(all, "service upper") {
+		t.Errorf("--status: relay, the default, comes first:\n%s", all)
+	}
+	one := runEcho(t, sock, "--status", "--to", "upper")
+	if strings.Contains(one, "service ") || !strings.Contains(one, "names: relay, upper\n") || !strings.Contains(one, "messages=3 ") {
+		t.Errorf("--status --to upper shows upper alone:\n%s", one)
+	}
+	frames := runEcho(t, sock, "--status", "--json")
+	var services []string
+	for _, line := range strings.Split(strings.TrimSpace(frames), "\n") {
+		var a ipc.Reply
+		var st ipc.Status
+		if err := jsonUnmarshal([]byte(line), &a); err != nil || jsonUnmarshal(a.Data, &st) != nil {
+			t.Fatalf("--status --json line %q", line)
+		}
+		services = append(services, st.Service)
+	}
+	if strings.Join(services, ",") != "relay,upper" {
+		t.Errorf("--status --json frames are of %v, want relay and upper", services)
+	}
+	if got := runEcho(t, sock, "--top", "--count=1"); !strings.Contains(got, "\nservice upper  stats: messages=3 ") {
+		t.Errorf("--top lacks upper's line:\n%s", got)
+	}
+
+	// The REPL, with the tutorial's words, talks to --to.
+	tm := startTerminal(t, []string{"RELAY_SOCKET=" + sock, "NO_COLOR=1"}, "--to", "upper")
+	tm.expect("Echo Client\r\nType messages to echo. Ctrl+C to exit.\r\n\r\n> ")
+	tm.send("hi\r")
+	tm.expectRegexp("\r\n  HI\r\n  from worker: \\{processes\\|[0-9]+\\}\r\n> ")
+	tm.send("\x04")
+	tm.expect("\r\nGoodbye!\r\n")
+	tm.waitExit()
+	if got := runEcho(t, sock, "--to", "upper", "--stats"); !strings.Contains(got, "messages 4\n") {
+		t.Errorf("the REPL's message did not reach upper:\n%s", got)
 	}
 }

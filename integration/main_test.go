@@ -171,7 +171,7 @@ func startRelaydBin(t *testing.T, bin, socket string, args ...string) *relayd {
 	return r
 }
 
-// stop sends relayd SIGTERM and requires exit status 0 and its socket removed, as DESIGN.md
+// stop sends relayd SIGTERM and requires exit status 0 and its socket removed, as docs/OPERATIONS.md
 // promises.
 func (r *relayd) stop(t *testing.T) {
 	t.Helper()

@@ -19,6 +19,8 @@ type Stats struct {
 // Status is the data of a status reply: what is registered and which workers are alive.
 // Readers ignore fields they do not know, so an older echo still reads a newer relay.
 type Status struct {
+	// Service is the name the status is of; every service answers status for itself.
+	Service string         `json:"service,omitempty"`
 	Names   []string       `json:"names"`
 	Workers []WorkerStatus `json:"workers"`
 	Stats   Stats          `json:"stats"`

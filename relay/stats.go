@@ -81,7 +81,7 @@ type Status = ipc.Status
 
 // Status lists the registered names and the live workers. It is safe from any goroutine.
 func (r *Relay) Status() Status {
-	st := Status{Names: []string{Name}, Workers: []ipc.WorkerStatus{}, Stats: r.Stats(), Sandbox: r.cfg.Sandbox}
+	st := Status{Service: r.cfg.Name, Names: []string{r.cfg.Name}, Workers: []ipc.WorkerStatus{}, Stats: r.Stats(), Sandbox: r.cfg.Sandbox}
 	if r.cfg.Names != nil {
 		st.Names = r.cfg.Names()
 	}

@@ -105,6 +105,8 @@ type options struct {
 	topic   string
 	nats    natsOptions
 	usage   bool
+	// every is set when --to was not given: --status and --top show every service.
+	every bool
 }
 
 // where names what echo talks to, for its messages: the socket's path or the NATS URL.
@@ -219,6 +221,7 @@ func run(ctx context.Context, args []string, lookupEnv env, stdin io.Reader, std
 	if o.top && !fs.Changed("count") && (o.json || !isTerminal(stdout)) {
 		o.count = 1
 	}
+	o.every = !fs.Changed("to")
 	getenv := func(k string) string { v, _ := lookupEnv(k); return v }
 	o.socket = ipc.ResolveSocket(o.socket, getenv)
 	color := paint(useColor(stdout, lookupEnv))

@@ -22,18 +22,54 @@ import (
 const topicStatus = "status"
 
 // status asks the relay for its names and live workers and prints them as a table, or with
-// --json the reply frame.
+// --json the reply frame: for every service, grouped, unless --to names one.
 func status(ctx context.Context, o options, stdout io.Writer) error {
 	if o.nats.url != "" {
 		return gather(ctx, o, true, stdout)
 	}
-	return askAndShow(ctx, o, topicStatus, stdout, func(w io.Writer, data json.RawMessage) error {
-		st, err := parseStatus(data)
+	p := &poller{o: o}
+	defer p.close()
+	answers, err := p.statuses(ctx)
+	if err != nil {
+		return err
+	}
+	var sts []ipc.Status
+	for _, a := range answers {
+		show, err := showFrame(stdout, o, a)
+		if !show {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		st, err := parseStatus(a.Data)
 		if err != nil {
 			return err
 		}
-		return writeStatus(w, st)
-	})
+		sts = append(sts, st)
+	}
+	if len(sts) == 0 {
+		return nil
+	}
+	return writeStatuses(stdout, sts)
+}
+
+// writeStatuses prints one service's status as writeStatus does, or several grouped by
+// service under one names line.
+func writeStatuses(w io.Writer, sts []ipc.Status) error {
+	if len(sts) == 1 {
+		return writeStatus(w, sts[0])
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "names: %s\n", namesText(sts[0].Names))
+	for _, st := range sts {
+		fmt.Fprintf(&b, "\nservice %s\n", clean(st.Service))
+		writeWorkers(&b, st.Workers)
+		fmt.Fprintf(&b, "stats: %s\n", statsLine(st.Stats))
+		writeSandbox(&b, st.Sandbox)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }
 
 func parseStatus(data json.RawMessage) (ipc.Status, error) {
@@ -84,13 +120,22 @@ func writeSandbox(b *strings.Builder, sb *ipc.SandboxStatus) {
 	}
 }
 
-// writeTop prints one frame of --top: a title line, the stats, then the workers.
-func writeTop(w io.Writer, socket string, now time.Time, st ipc.Status) error {
+// writeTop prints one frame of --top: a title line, the stats, then the workers; with several
+// services, their stats and workers one service after another.
+func writeTop(w io.Writer, socket string, now time.Time, sts ...ipc.Status) error {
 	var b strings.Builder
+	st := sts[0]
 	fmt.Fprintf(&b, "relayd %s  %s  up %s  names: %s\n", clean(socket), now.Format(time.TimeOnly),
 		formatAge(st.Stats.UptimeSeconds), namesText(st.Names))
-	fmt.Fprintf(&b, "stats: %s\n\n", statsLine(st.Stats))
-	writeWorkers(&b, st.Workers)
+	if len(sts) == 1 {
+		fmt.Fprintf(&b, "stats: %s\n\n", statsLine(st.Stats))
+		writeWorkers(&b, st.Workers)
+	} else {
+		for _, st := range sts {
+			fmt.Fprintf(&b, "\nservice %s  stats: %s\n", clean(st.Service), statsLine(st.Stats))
+			writeWorkers(&b, st.Workers)
+		}
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -215,4 +260,35 @@ func (p *poller) status(ctx context.Context) (ipc.Answer, error) {
 		p.close() // The connection is broken: dial again next time.
 	}
 	return a, err
+}
+
+// statuses asks for the status of --to, and, when --to was not given, of every other name the
+// first answer lists, on one connection, in the order of the names. A name removed meanwhile
+// (unknown_name) is left out. The answers are in the order asked, --to's first.
+func (p *poller) statuses(ctx context.Context) ([]ipc.Answer, error) {
+	first, err := p.status(ctx)
+	if err != nil || first.Error != nil || !p.o.every {
+		return []ipc.Answer{first}, err
+	}
+	var st ipc.Status
+	if json.Unmarshal(first.Data, &st) != nil {
+		return []ipc.Answer{first}, nil
+	}
+	answers := []ipc.Answer{first}
+	for _, name := range st.Names {
+		if name == p.o.to {
+			continue
+		}
+		o := p.o
+		o.to = name
+		a, err := askOn(ctx, p.c, o, topicStatus, nil, false)
+		if err != nil {
+			return nil, err
+		}
+		if a.Error != nil && a.Error.Code == ipc.CodeUnknownName {
+			continue
+		}
+		answers = append(answers, a)
+	}
+	return answers, nil
 }

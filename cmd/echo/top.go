@@ -16,6 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
+
+	"relayd/ipc"
 )
 
 // topInterval is how often --top refreshes.
@@ -53,26 +55,32 @@ func topSnapshots(ctx context.Context, o options, stdout io.Writer) error {
 	tick := time.NewTicker(topInterval)
 	defer tick.Stop()
 	for n := 1; ; n++ {
-		a, err := p.status(ctx)
+		answers, err := p.statuses(ctx)
 		if errors.Is(err, errInterrupted) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		show, err := showFrame(stdout, o, a)
-		if err != nil {
-			return err
-		}
-		if show {
-			st, err := parseStatus(a.Data)
+		var sts []ipc.Status
+		for _, a := range answers {
+			show, err := showFrame(stdout, o, a)
 			if err != nil {
 				return err
 			}
+			if show {
+				st, err := parseStatus(a.Data)
+				if err != nil {
+					return err
+				}
+				sts = append(sts, st)
+			}
+		}
+		if len(sts) > 0 {
 			if n > 1 {
 				fmt.Fprintln(stdout)
 			}
-			if err := writeTop(stdout, o.socket, time.Now(), st); err != nil {
+			if err := writeTop(stdout, o.socket, time.Now(), sts...); err != nil {
 				return fmt.Errorf("writing output: %w", err)
 			}
 		}
@@ -120,7 +128,11 @@ func topLive(ctx context.Context, o options, keys, out *os.File) error {
 	defer tick.Stop()
 	for n := 1; ; n++ {
 		var frame bytes.Buffer
-		a, err := p.status(ctx)
+		answers, err := p.statuses(ctx)
+		var a ipc.Answer
+		if len(answers) > 0 {
+			a = answers[0]
+		}
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -130,12 +142,19 @@ func topLive(ctx context.Context, o options, keys, out *os.File) error {
 		case a.Error != nil:
 			fmt.Fprintf(&frame, "relayd %s  %s\n\nerror: %v\n", clean(o.socket), time.Now().Format(time.TimeOnly), a.Error)
 		default:
-			st, err := parseStatus(a.Data)
-			if err != nil {
-				fmt.Fprintf(&frame, "%v\n", errText(err))
+			var sts []ipc.Status
+			for _, a := range answers {
+				st, err := parseStatus(a.Data)
+				if a.Error != nil || err != nil {
+					continue
+				}
+				sts = append(sts, st)
+			}
+			if len(sts) == 0 {
+				fmt.Fprintf(&frame, "status reply is not a status\n")
 				break
 			}
-			writeTop(&frame, o.socket, time.Now(), st)
+			writeTop(&frame, o.socket, time.Now(), sts...)
 		}
 		w, h := 80, 24
 		if fw, fh, err := term.GetSize(int(out.Fd())); err == nil && fw > 0 && fh > 0 {
