@@ -158,6 +158,9 @@ func startRelaydBin(t *testing.T, bin, socket string, args ...string) *relayd {
 	r.cmd = exec.Command(bin, args...)
 	r.cmd.Stdout = r.log
 	r.cmd.Stderr = r.log
+	// Once relayd has exited, Wait returns even if something it started still holds its
+	// output: the test reports that rather than hanging.
+	r.cmd.WaitDelay = 5 * time.Second
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -159,7 +159,7 @@ func TestEchoTopSnapshots(t *testing.T) {
 	sock := filepath.Join(shortTempDir(t), "s")
 	startRelayd(t, sock, "--spares=1", "--stats-interval=0")
 	// Wait for the spare, so that every snapshot has it.
-	if !eventually(5*time.Second, func() bool { return stats(t, sock)["spares_ready"].(float64) == 1 }) {
+	if !eventually(20*time.Second, func() bool { return stats(t, sock)["spares_ready"].(float64) == 1 }) {
 		t.Fatal("the spare never became ready")
 	}
 

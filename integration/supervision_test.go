@@ -268,7 +268,7 @@ func TestSIGTERMAnswersInFlight(t *testing.T) {
 		}
 		calls = append(calls, call)
 	}
-	if !eventually(5*time.Second, func() bool { return len(descendants(r.cmd.Process.Pid)) >= 4 }) {
+	if !eventually(20*time.Second, func() bool { return len(descendants(r.cmd.Process.Pid)) >= 4 }) {
 		t.Fatal("workers did not start")
 	}
 	r.stop(t) // SIGTERM; requires exit 0 and the socket removed.
@@ -318,7 +318,7 @@ func TestOneClientCannotStarveAnother(t *testing.T) {
 			mu.Unlock()
 		}
 	}()
-	if !eventually(5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) >= 2 }) {
+	if !eventually(20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) >= 2 }) {
 		t.Fatal("greedy client could not send")
 	}
 	if a := ask(t, sock, "modest"); a.Error != nil {
@@ -358,7 +358,7 @@ func TestClientGoneMidFlight(t *testing.T) {
 	for i := range 10 {
 		fmt.Fprintf(c, `{"id":%d,"to":"relay","topic":"echo","data":"gone"}`+"\n", i)
 	}
-	if !eventually(5*time.Second, func() bool { return len(descendants(pid)) >= 10 }) {
+	if !eventually(20*time.Second, func() bool { return len(descendants(pid)) >= 10 }) {
 		t.Fatalf("workers did not start: %v", descendants(pid))
 	}
 	c.Close()
@@ -394,11 +394,11 @@ func TestSecondSignalKillsAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !eventually(5*time.Second, func() bool { return len(descendants(r.cmd.Process.Pid)) == 1 }) {
-		t.Fatal("worker did not start")
+	if !eventually(20*time.Second, func() bool { return len(descendants(r.cmd.Process.Pid)) >= 1 }) {
+		t.Fatal("worker did not start within 20s")
 	}
 	r.cmd.Process.Signal(syscall.SIGTERM)
-	if !eventually(5*time.Second, func() bool { return strings.Contains(r.log.String(), "shutting down") }) {
+	if !eventually(20*time.Second, func() bool { return strings.Contains(r.log.String(), "shutting down") }) {
 		t.Fatalf("no shutdown after SIGTERM; log:\n%s", r.log)
 	}
 	select {
