@@ -173,14 +173,28 @@ func statusKB(pid int, key string) (int64, error) {
 
 // usage is the work a process has done so far.
 type usage struct {
-	cpu      time.Duration // its own threads' CPU time (schedstat, ns precision)
+	// cpu is its own CPU time, threads that have ended included: utime and stime of
+	// /proc/PID/stat, in clock ticks. The sum of its live threads' schedstat would be finer, but
+	// it loses the whole time of every thread that ends between two readings, and relayd's
+	// sandbox forks each worker from a thread of its own that ends with the worker.
+	cpu      time.Duration
 	children time.Duration // CPU time of the children it has reaped (clock ticks)
 	live     time.Duration // CPU time so far of its live children (schedstat): long-lived workers
-	cs       int64         // context switches of its threads, voluntary and not
+	// threadCS are the context switches, voluntary and not, of each live thread by id. A thread
+	// that ended since the last reading takes its switches with it.
+	threadCS map[int]int64
+	cs       int64 // set by sub: the switches between two readings
 }
 
+// sub returns the work done between reading v and reading u. Context switches are counted per
+// thread, so that a thread that ended in between takes away only its own last switches, not
+// all it ever made.
 func (u usage) sub(v usage) usage {
-	return usage{cpu: u.cpu - v.cpu, children: u.children - v.children, live: u.live - v.live, cs: u.cs - v.cs}
+	d := usage{cpu: u.cpu - v.cpu, children: u.children - v.children, live: u.live - v.live}
+	for tid, n := range u.threadCS {
+		d.cs += n - v.threadCS[tid]
+	}
+	return d
 }
 
 // clockTick is USER_HZ, the unit of the CPU times in /proc/<pid>/stat; it is 100 on Linux.
@@ -218,10 +232,12 @@ func readUsageOnce(pid int) (u usage, stable bool) {
 		return u, true
 	}
 	u.children = before
+	u.cpu = ownCPU(dir)
+	u.threadCS = make(map[int]int64)
 	stable = true
 	tasks, _ := os.ReadDir(dir + "/task")
 	for _, t := range tasks {
-		u.cpu += taskCPU(dir + "/task/" + t.Name())
+		tid, _ := strconv.Atoi(t.Name())
 		if b, err := os.ReadFile(dir + "/task/" + t.Name() + "/children"); err == nil {
 			for _, c := range strings.Fields(string(b)) {
 				cpid, err := strconv.Atoi(c)
@@ -239,7 +255,7 @@ func readUsageOnce(pid int) (u usage, stable bool) {
 				if _, rest, ok := bytes.Cut(b, []byte(key)); ok {
 					line, _, _ := bytes.Cut(rest, []byte("\n"))
 					n, _ := strconv.ParseInt(strings.TrimSpace(string(line)), 10, 64)
-					u.cs += n
+					u.threadCS[tid] += n
 				}
 			}
 		}
@@ -261,6 +277,19 @@ func reapedCPU(dir string) (time.Duration, bool) {
 	cu, _ := strconv.ParseInt(f[13], 10, 64)
 	cs, _ := strconv.ParseInt(f[14], 10, 64)
 	return time.Duration(cu+cs) * clockTick, true
+}
+
+// ownCPU is the CPU time of every thread, live or ended, of the process whose /proc directory
+// is dir: its utime and stime.
+func ownCPU(dir string) time.Duration {
+	f := statFields(dir)
+	if len(f) <= 12 {
+		return 0
+	}
+	// Fields after the command: state is field 3, utime 14, stime 15.
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * clockTick
 }
 
 // procState is the state letter of process pid (R, S, Z, …), or 0 when it is gone.

@@ -4,9 +4,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestMain lets the test binary stand in for a worker: with RELAY_BENCH_BURN=D it burns D of
@@ -162,4 +166,40 @@ func TestReadUsageZombie(t *testing.T) {
 	if _, stable := readUsageOnce(os.Getpid()); !stable {
 		t.Error("a reading without children is inconsistent")
 	}
+}
+
+// TestOwnCPU checks that the CPU time of threads that ended between two readings counts: relayd's
+// sandbox forks every worker from a thread of its own, which ends with the worker.
+func TestOwnCPU(t *testing.T) {
+	const d = 40 * time.Millisecond
+	self := os.Getpid()
+	u0 := readUsage(self)
+	// Each goroutine keeps its thread locked to the end, so the thread ends with it.
+	var wg sync.WaitGroup
+	var burnt [3]time.Duration
+	for i := range burnt {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			start := threadCPU()
+			for threadCPU()-start < d {
+			}
+			burnt[i] = threadCPU() - start
+		})
+	}
+	wg.Wait()
+	u1 := readUsage(self)
+	var sum time.Duration
+	for _, b := range burnt {
+		sum += b
+	}
+	if got := u1.sub(u0).cpu; got < sum-2*clockTick {
+		t.Errorf("own CPU grew by %v while threads that then ended burnt %v", got, sum)
+	}
+}
+
+// threadCPU is the calling thread's CPU time.
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts)
+	return time.Duration(ts.Nano())
 }

@@ -112,7 +112,7 @@ func (r *report) markdown() string {
 		}
 
 		fmt.Fprintf(&b, "\n### The server's own work per message\n\n")
-		fmt.Fprintf(&b, "From /proc of the server process: its threads' CPU time (schedstat) and context switches (voluntary + involuntary), and the CPU time of its children (workers: those it reaped, from its cutime and cstime, and those still alive, from their schedstat).\n\n")
+		fmt.Fprintf(&b, "From /proc of the server process: its CPU time (utime + stime, threads that ended included) and its threads' context switches (voluntary + involuntary), and the CPU time of its children (workers: those it reaped, from its cutime and cstime, and those still alive, from their schedstat).\n\n")
 		fmt.Fprintf(&b, "| variant | clients | own CPU µs/msg | context switches/msg | children's CPU µs/msg |\n|---|--:|--:|--:|--:|\n")
 		rows := slices.Clone(r.variants)
 		if r.soak != nil {
