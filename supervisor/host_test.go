@@ -1,10 +1,12 @@
 package supervisor
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -441,5 +443,38 @@ func TestCPUTime(t *testing.T) {
 	}
 	if cpuTime(1<<30) != -1 {
 		t.Error("cpuTime of no process, want -1")
+	}
+}
+
+// TestCPUTimeOfChild checks cpuTime of another process against what the kernel reports when
+// it is reaped: a shell that counts for a while, says so, and waits while it is read.
+func TestCPUTimeOfChild(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 50000 ]; do i=$((i+1)); done; echo counted; read x; exit 0")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	// The read ends when the shell has counted, or fails when it dies; the test's own timeout
+	// bounds it otherwise.
+	if _, err := bufio.NewReader(stdout).ReadString('\n'); err != nil {
+		t.Fatalf("reading the child's line: %v", err)
+	}
+	read := cpuTime(cmd.Process.Pid)
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	reaped := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	if read <= 0 || read > reaped+time.Millisecond || reaped-read > 5*time.Millisecond {
+		t.Errorf("cpuTime read %v as the child waited; rusage says %v at its end", read, reaped)
 	}
 }

@@ -360,8 +360,11 @@ func (w *worker) onFrame(f Frame) {
 			}
 		}
 		// The worker waits for more requests until stdin closes, so it is still alive and
-		// its peak memory can be read.
-		w.ex.PeakRSS = peakRSS(w.p.pid)
+		// its peak memory can be read; measure has just read it for the reply's usage.
+		w.ex.PeakRSS = job.Usage.MaxRSS
+		if w.ex.PeakRSS == 0 {
+			w.ex.PeakRSS = peakRSS(w.p.pid)
+		}
 		w.tell()
 	}
 }
