@@ -111,7 +111,7 @@ func TestCoreBurstSpreadsOverNodes(t *testing.T) {
 // frame without id, and micro's error headers with the contract's code.
 func TestCoreWireFormat(t *testing.T) {
 	nc := startCluster(t, 1)
-	startNode(t, "solo", nc.urls(), "--worker-arg=--delay=0s")
+	n := startNode(t, "solo", nc.urls(), "--worker-arg=--delay=0s")
 	conn := connectTest(t, nc.urls())
 
 	m, err := conn.Request("relayd.relay.echo", []byte(`"hello"`), 10*time.Second)
@@ -165,6 +165,30 @@ func TestCoreWireFormat(t *testing.T) {
 	}
 	if !strings.Contains(string(m.Data), `"node":"solo"`) {
 		t.Errorf("$SRV.PING.relay answered %s, want the node in its metadata", m.Data)
+	}
+	m, err = conn.Request("$SRV.INFO.relay", nil, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(m.Data), `"subject":"relayd.relay.*"`) || !strings.Contains(string(m.Data), `"queue_group":"relayd"`) {
+		t.Errorf("$SRV.INFO.relay answered %s, want the endpoint relayd.relay.* in queue group relayd", m.Data)
+	}
+
+	// The socket works beside NATS, into the same relay.
+	uc, err := ipc.Dial(t.Context(), n.socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	call, err := uc.Send("relay", "echo", "socket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	a, err := uc.Wait(ctx, call)
+	if err != nil || string(a.Data) != `"SOCKET"` || a.Worker == nil || a.Worker.Node != "" {
+		t.Errorf("through the socket: %s (%v), want SOCKET without a node", a.Raw, err)
 	}
 }
 
