@@ -410,7 +410,7 @@ func (n *Node) Close() error {
 	}
 	select {
 	case <-n.closed:
-	case <-time.After(15 * time.Second):
+	case <-time.After(5 * time.Second):
 		n.nc.Close()
 		<-n.closed
 	}
