@@ -22,7 +22,8 @@ var transports = []string{"stdio", "grpc", "netrpc"}
 
 // transportCase is one message of the end-to-end suite and the answer it must get.
 type transportCase struct {
-	data any
+	data  any
+	stall bool // sent to the relayd with the short message timeout
 	// want is the reply's data; when code is set, the error's code, and msg a part of its
 	// message.
 	want, code, msg string
@@ -37,10 +38,15 @@ type transportCase struct {
 func TestTransports(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr, func(t *testing.T) {
+			// Deadlines are tested on a relayd of their own with a short message timeout, so that
+			// the rest get a long one on a busy machine. (Two relayds rather than two services:
+			// each keeps to one service.)
 			dir := shortTempDir(t)
-			r := startRelayd(t, filepath.Join(dir, "s"), "--transport="+tr, "--allow-fault-injection",
-				"--worker-arg=--delay=0s", "--max-restarts=0", "--message-timeout=3s", "--kill-grace=300ms",
-				"--max-workers=16", "--shutdown-timeout=20s")
+			common := []string{"--transport=" + tr, "--allow-fault-injection", "--worker-arg=--delay=0s",
+				"--max-restarts=0", "--kill-grace=300ms", "--max-workers=20"}
+			r := startRelayd(t, filepath.Join(dir, "s"), append(common, "--message-timeout=60s",
+				"--shutdown-timeout=60s", "--worker-rlimit-data=256MiB")...)
+			stall := startRelayd(t, filepath.Join(dir, "stall"), append(common, "--message-timeout=2s")...)
 			cases := []transportCase{
 				{data: "hello", want: "HELLO"},
 				{data: "straße", want: "STRASSE"},
@@ -50,10 +56,11 @@ func TestTransports(t *testing.T) {
 				{data: "!flaky 1", code: "worker_failed", msg: "exited with status 1"},
 				{data: "!panic", code: "worker_failed", msg: "exited with status 2"},
 				{data: "!segv", code: "worker_failed", msg: "killed by signal SIGSEGV"},
+				{data: "!oom", code: "worker_failed", msg: "ran out of memory"},
 				{data: "!garbage", code: "worker_failed", msg: "broke the protocol"},
 				{data: "!noreply", code: "worker_failed", msg: "exited without a reply"},
-				{data: "!hang", code: "timeout", msg: "did not answer within 3s"},
-				{data: "!spin", code: "timeout", msg: "did not answer within 3s"},
+				{data: "!hang", stall: true, code: "timeout", msg: "did not answer within 2s"},
+				{data: "!spin", stall: true, code: "timeout", msg: "did not answer within 2s"},
 				{data: "!sleep 10ms", want: "!SLEEP 10MS"},
 				{data: "!stderr 3", want: "!STDERR 3"},
 				{data: "!fork", want: "!FORK"},
@@ -72,25 +79,38 @@ func TestTransports(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			// Every message at once on one connection: the slow ones (deadlines) overlap.
+			cs, err := ipc.Dial(t.Context(), stall.socket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cs.Close()
+			// Every message at once: the slow ones (deadlines) overlap.
 			calls := make([]*ipc.Call, len(cases))
 			for i, tc := range cases {
-				if calls[i], err = c.Send("relay", "echo", tc.data); err != nil {
+				cc := c
+				if tc.stall {
+					cc = cs
+				}
+				if calls[i], err = cc.Send("relay", "echo", tc.data); err != nil {
 					t.Fatal(err)
 				}
 			}
-			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
 			defer cancel()
 			for i, tc := range cases {
-				a, err := c.Wait(ctx, calls[i])
+				cc, rr := c, r
+				if tc.stall {
+					cc, rr = cs, stall
+				}
+				a, err := cc.Wait(ctx, calls[i])
 				if err != nil {
-					t.Fatalf("%v: %v; relayd's log:\n%s", tc.data, err, r.log)
+					t.Fatalf("%v: %v; relayd's log:\n%s", tc.data, err, rr.log)
 				}
 				checkAnswer(t, tc, a)
 			}
 
 			// The EXIT events give the exact status, and a worker's hclog JSON arrives as fields.
-			log := r.log.String()
+			log := r.log.String() + stall.log.String()
 			for _, want := range []string{`reason="exit(3)"`, `reason="signal(SIGSEGV)"`, `reason=timeout`,
 				`reason=protocol`, `fault injected: pid=`, `directive="!segv"`} {
 				if !strings.Contains(log, want) {
@@ -211,45 +231,29 @@ func TestPluginSpares(t *testing.T) {
 // --plugin-start-timeout and the answer names what it printed.
 func TestPluginHandshake(t *testing.T) {
 	dir := shortTempDir(t)
-	for _, c := range []struct{ name, script, want string }{
-		{"chatty", "echo 'hello from the plugin'\nexec sleep 60\n", `bad go-plugin handshake line \"hello from the plugin\"`},
-		{"silent", "printf 'loading'\nexec sleep 60\n", `no go-plugin handshake line within 1s (stdout so far: \"loading\")`},
+	for _, c := range []struct{ name, script string }{
+		{"chatty", "echo 'hello from the plugin'\nexec sleep 60\n"},
+		{"silent", "printf 'loading'\nexec sleep 60\n"},
 	} {
 		path := filepath.Join(dir, c.name)
 		if err := os.WriteFile(path, []byte("#!/bin/sh\n"+c.script), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	conf := filepath.Join(dir, "relayd.hcl")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`
-service "chatty" {
-  worker               = %q
-  transport            = "grpc"
-  plugin-start-timeout = "1s"
-  max-restarts         = 0
-}
-service "silent" {
-  worker               = %q
-  transport            = "grpc"
-  plugin-start-timeout = "1s"
-  max-restarts         = 0
-}
-`, filepath.Join(dir, "chatty"), filepath.Join(dir, "silent"))), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r := startRelayd(t, filepath.Join(dir, "s"), "--config", conf)
 	for _, c := range []struct{ name, want string }{
 		{"chatty", `bad go-plugin handshake line "hello from the plugin"`},
 		{"silent", `no go-plugin handshake line within 1s (stdout so far: "loading")`},
 	} {
-		a := askTo(t, r.socket, c.name, "hello")
+		r := startRelayd(t, filepath.Join(dir, c.name+".sock"), "--worker="+filepath.Join(dir, c.name),
+			"--transport=grpc", "--plugin-start-timeout=1s", "--max-restarts=0")
+		a := askTo(t, r.socket, "relay", "hello")
 		if a.Error == nil || !strings.Contains(a.Error.Message, c.want) {
 			t.Errorf("%s: answer %s, want an error naming %s", c.name, a.Raw, c.want)
 		}
-	}
-	pid := r.cmd.Process.Pid
-	if !eventually(10*time.Second, func() bool { return len(descendants(pid)) == 0 }) {
-		t.Errorf("relayd's descendants: %v, want none (the plugins' sleep included)", descendants(pid))
+		pid := r.cmd.Process.Pid
+		if !eventually(10*time.Second, func() bool { return len(descendants(pid)) == 0 }) {
+			t.Errorf("%s: relayd's descendants: %v, want none (the plugin's sleep included)", c.name, descendants(pid))
+		}
 	}
 }
 
@@ -265,53 +269,43 @@ func TestPythonPlugin(t *testing.T) {
 	}
 	_, file, _, _ := runtime.Caller(0)
 	script := filepath.Join(filepath.Dir(file), "..", "examples", "python-plugin", "plugin.py")
-	dir := shortTempDir(t)
-	conf := filepath.Join(dir, "relayd.hcl")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`
-service "py" {
-  worker    = %[1]q
-  transport = "grpc"
-}
-service "pyreused" {
-  worker       = %[1]q
-  transport    = "grpc"
-  max-requests = 10
-}
-service "pynoctl" {
-  worker    = %[1]q
-  args      = ["--without-controller"]
-  transport = "grpc"
-}
-service "pytcp" {
-  worker    = %[1]q
-  args      = ["--tcp"]
-  transport = "grpc"
-  network   = true
-}
-`, script)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r := startRelayd(t, filepath.Join(dir, "s"), "--config", conf)
-	for _, name := range []string{"py", "pyreused", "pynoctl", "pytcp"} {
-		for _, tc := range []transportCase{
-			{data: "héllo", want: "HÉLLO"},
-			{data: 42, code: "bad_request", msg: "must be a JSON string"},
-		} {
-			checkAnswer(t, tc, askTo(t, r.socket, name, tc.data))
-		}
-	}
-	// Each per-message plugin (two each of py, pynoctl and pytcp) was told to stop and exited 0:
-	// none was killed, with or without a controller.
-	normal := func() int { return strings.Count(r.log.String(), `result="exited with status 0" reason=normal`) }
-	if !eventually(20*time.Second, func() bool { return normal() >= 6 }) {
-		t.Errorf("%d plugins exited 0 normally, want 6; relayd's log:\n%s", normal(), r.log)
-	}
-	log := r.log.String()
-	if strings.Contains(log, "SIGKILL") || strings.Contains(log, "reason=protocol") {
-		t.Errorf("a Python plugin was killed or broke the protocol; relayd's log:\n%s", log)
-	}
-	if !regexp.MustCompile(`worker: serving: service=py pid=\d+ module=python-plugin address=/\S+/plugin.sock network=unix`).MatchString(log) ||
-		!regexp.MustCompile(`worker: serving: service=pytcp pid=\d+ module=python-plugin address=127.0.0.1:\d+ network=tcp`).MatchString(log) {
-		t.Errorf("the plugin's hclog line is not in relayd's log as fields; log:\n%s", log)
+	for _, c := range []struct {
+		name string
+		args []string
+		// perMessage: each message has a plugin of its own, told to stop after its answer.
+		perMessage bool
+		serving    string // how its hclog line must reach relayd's log
+	}{
+		{"unix", nil, true, `worker: serving: pid=\d+ module=python-plugin address=/\S+/plugin.sock network=unix`},
+		{"reused", []string{"--max-requests=10"}, false, `worker: serving: pid=\d+ module=python-plugin address=/\S+/plugin.sock network=unix`},
+		{"no-controller", []string{"--worker-arg=--without-controller"}, true, `worker: serving: pid=\d+ module=python-plugin`},
+		{"tcp", []string{"--worker-arg=--tcp", "--worker-network"}, true, `worker: serving: pid=\d+ module=python-plugin address=127.0.0.1:\d+ network=tcp`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := shortTempDir(t)
+			r := startRelayd(t, filepath.Join(dir, "s"), append([]string{"--worker=" + script, "--transport=grpc",
+				"--message-timeout=60s"}, c.args...)...)
+			for _, tc := range []transportCase{
+				{data: "héllo", want: "HÉLLO"},
+				{data: 42, code: "bad_request", msg: "must be a JSON string"},
+			} {
+				checkAnswer(t, tc, askTo(t, r.socket, "relay", tc.data))
+			}
+			if c.perMessage {
+				// Each plugin was told to stop and exited 0: none was killed, with or without a
+				// controller.
+				normal := func() int { return strings.Count(r.log.String(), `result="exited with status 0" reason=normal`) }
+				if !eventually(20*time.Second, func() bool { return normal() >= 2 }) {
+					t.Errorf("%d plugins exited 0 normally, want 2; relayd's log:\n%s", normal(), r.log)
+				}
+			}
+			log := r.log.String()
+			if strings.Contains(log, "SIGKILL") || strings.Contains(log, "reason=protocol") {
+				t.Errorf("a Python plugin was killed or broke the protocol; relayd's log:\n%s", log)
+			}
+			if !regexp.MustCompile(c.serving).MatchString(log) {
+				t.Errorf("the plugin's hclog line is not in relayd's log as fields (want %s); log:\n%s", c.serving, log)
+			}
+		})
 	}
 }
