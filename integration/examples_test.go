@@ -134,3 +134,76 @@ func quoteAll(ss []string) []string {
 	}
 	return out
 }
+
+// TestProtocolDocWorkers runs the Python and sh workers that docs/PROTOCOL.md shows, as a
+// reader would: saved to a file, added to the config of a running relayd with a reload, and
+// called with relay-echo --to. The doc's examples are thus known to work.
+func TestProtocolDocWorkers(t *testing.T) {
+	doc, err := os.ReadFile("../docs/PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := func(after, lang string) string {
+		t.Helper()
+		_, rest, ok := strings.Cut(string(doc), after)
+		if !ok {
+			t.Fatalf("docs/PROTOCOL.md has no %q", after)
+		}
+		_, rest, ok = strings.Cut(rest, "```"+lang+"\n")
+		code, _, ok2 := strings.Cut(rest, "```")
+		if !ok || !ok2 {
+			t.Fatalf("docs/PROTOCOL.md has no %s block after %q", lang, after)
+		}
+		return code
+	}
+	dir := shortTempDir(t)
+	conf := filepath.Join(dir, "relayd.hcl")
+	if err := os.WriteFile(conf, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "s")
+	r := startRelayd(t, sock, "--config", conf, "--stats-interval=0")
+
+	var services strings.Builder
+	var want []string
+	if p, err := exec.LookPath("python3"); err != nil {
+		t.Log("skipping the Python worker: python3 is not on PATH")
+	} else if out, err := exec.Command(p, "-c", "import sys; print(sys.executable)").Output(); err != nil {
+		t.Logf("skipping the Python worker: %s does not run: %v", p, err)
+	} else {
+		file := filepath.Join(dir, "shout.py")
+		if err := os.WriteFile(file, []byte(block("### A worker in Python", "python")), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(block("### A worker in Python", "python"), "\n"); n > 15 {
+			t.Errorf("the doc's Python worker has %d lines, and its heading says 15", n)
+		}
+		fmt.Fprintf(&services, "service \"shout-py\" {\n  worker = %q\n  args = [%q]\n}\n", strings.TrimSpace(string(out)), file)
+		want = append(want, "shout-py")
+	}
+	if _, err := exec.LookPath("jq"); err != nil {
+		t.Log("skipping the sh worker: jq is not on PATH (Debian: jq)")
+	} else if jq, _ := exec.LookPath("jq"); !strings.HasPrefix(jq, "/usr/bin/") && !strings.HasPrefix(jq, "/bin/") && !strings.HasPrefix(jq, "/usr/local/bin/") {
+		t.Logf("skipping the sh worker: jq is at %s, not on a worker's PATH", jq)
+	} else {
+		file := filepath.Join(dir, "shout.sh")
+		if err := os.WriteFile(file, []byte(block("### A worker in sh", "sh")), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&services, "service \"shout-sh\" {\n  worker = %q\n}\n", file)
+		want = append(want, "shout-sh")
+	}
+	if len(want) == 0 {
+		t.Skip("neither python3 nor jq is installed")
+	}
+	if err := os.WriteFile(conf, []byte(services.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.hup(t, "config reloaded")
+	for _, name := range want {
+		got := runEcho(t, sock, "--to", name, "--topic", "shout", "hello")
+		if w := map[string]string{"shout-py": "HELLO!\n", "shout-sh": "HELLO\n"}[name]; got != w {
+			t.Errorf("%s answered %q, want %q", name, got, w)
+		}
+	}
+}

@@ -112,11 +112,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return err
 	}
 
-	// SIGHUP is taken before READY=1, so that a reload sent as soon as systemd sees relayd
-	// ready never meets the default action, which would end relayd.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	// SIGHUP arrives on hup, taken since init: a reload sent while relayd was starting (its
+	// socket accepts connections from the moment it is bound) is applied now.
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(ln) }()
 	daemon.SdNotify(false, daemon.SdNotifyReady)
