@@ -246,9 +246,11 @@ func TestPluginHandshake(t *testing.T) {
 	} {
 		r := startRelayd(t, filepath.Join(dir, c.name+".sock"), "--worker="+filepath.Join(dir, c.name),
 			"--transport=grpc", "--plugin-start-timeout=1s", "--max-restarts=0")
+		// A worker that never gets as far as serving says nothing about the message and
+		// everything about the service: unavailable, as for any worker before its ready line.
 		a := askTo(t, r.socket, "relay", "hello")
-		if a.Error == nil || !strings.Contains(a.Error.Message, c.want) {
-			t.Errorf("%s: answer %s, want an error naming %s", c.name, a.Raw, c.want)
+		if a.Error == nil || a.Error.Code != "unavailable" || !strings.Contains(a.Error.Message, c.want) {
+			t.Errorf("%s: answer %s, want unavailable naming %s", c.name, a.Raw, c.want)
 		}
 		pid := r.cmd.Process.Pid
 		if !eventually(10*time.Second, func() bool { return len(descendants(pid)) == 0 }) {
