@@ -212,10 +212,10 @@ var settings = []setting{
 		fs.DurationVar(&c.nats.ackWait, "nats-ack-wait", cluster.DefaultAckWait, "with --nats-durable: how long a dead node's requests wait before another node takes them (live nodes send in-progress acks)")
 	}},
 	{name: "nats-replicas", global: func(fs *pflag.FlagSet, c *config) {
-		fs.IntVar(&c.nats.replicas, "nats-replicas", 1, "with --nats-durable: replicas of the stream when this node creates it (3 on a 3-server NATS cluster survives the loss of a server)")
+		fs.IntVar(&c.nats.replicas, "nats-replicas", 1, "with --nats-durable: `N` replicas of the stream when this node creates it (3 on a 3-server NATS cluster survives the loss of a server)")
 	}},
 	{name: "nats-pending-limit", global: func(fs *pflag.FlagSet, c *config) {
-		fs.IntVar(&c.nats.pendingLimit, "nats-pending-limit", cluster.DefaultPendingLimit, "most core requests a name's subscription buffers; past it NATS drops requests and relayd logs a slow consumer")
+		fs.IntVar(&c.nats.pendingLimit, "nats-pending-limit", cluster.DefaultPendingLimit, "most core requests (`N`) a name's subscription buffers; past it NATS drops requests and relayd logs a slow consumer")
 	}},
 }
 
