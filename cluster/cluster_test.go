@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,7 +114,8 @@ func TestCoreBurstSpreadsOverNodes(t *testing.T) {
 // frame without id, and micro's error headers with the contract's code.
 func TestCoreWireFormat(t *testing.T) {
 	nc := startCluster(t, 1)
-	n := startNode(t, "solo", nc.urls(), "--worker-arg=--delay=0s")
+	metricsSock := filepath.Join(shortDir(t), "m")
+	n := startNode(t, "solo", nc.urls(), "--worker-arg=--delay=0s", "--metrics-addr", "unix:"+metricsSock)
 	conn := connectTest(t, nc.urls())
 
 	m, err := conn.Request("relayd.relay.echo", []byte(`"hello"`), 10*time.Second)
@@ -172,6 +176,22 @@ func TestCoreWireFormat(t *testing.T) {
 	}
 	if !strings.Contains(string(m.Data), `"subject":"relayd.relay.*"`) || !strings.Contains(string(m.Data), `"queue_group":"relayd"`) {
 		t.Errorf("$SRV.INFO.relay answered %s, want the endpoint relayd.relay.* in queue group relayd", m.Data)
+	}
+
+	// Answers on NATS are in the metrics, as the socket's are.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", metricsSock)
+	}}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://relayd/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "\n"+`relayd_messages_total{outcome="bad_request",service="relay",topic="echo"} 2`+"\n") {
+		t.Errorf("metrics do not count the 2 bad_request answers on NATS:\n%s", grepLines(string(body), "relayd_messages_total"))
 	}
 
 	// The socket works beside NATS, into the same relay.
@@ -511,4 +531,15 @@ func TestReloadServesNewNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitNodes(t, c, "thumbs", 0)
+}
+
+// grepLines returns the lines of s that contain substr.
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

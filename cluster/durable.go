@@ -208,7 +208,7 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 			return
 		}
 		if s != nil {
-			s.count(r, time.Since(accepted))
+			n.count(s, topic, r, time.Since(accepted))
 		}
 		out := nats.NewMsg(reply)
 		out.Data = n.frame(r)

@@ -184,11 +184,7 @@ type node struct {
 // startNode starts relayd with a private socket on NATS at urls and waits until it serves there.
 func startNode(t *testing.T, name, urls string, args ...string) *node {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "rc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := shortDir(t)
 	n := &node{name: name, log: new(testbin.SyncBuffer), exited: make(chan error, 1)}
 	all := append([]string{
 		"--socket", filepath.Join(dir, "s"), "--worker", filepath.Join(binDir, "worker"),
@@ -277,4 +273,16 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// shortDir returns a new directory for sockets, removed at the end of the test: t.TempDir is
+// too deep for the 108-byte limit of Unix socket paths.
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "rc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }

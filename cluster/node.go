@@ -44,6 +44,9 @@ type Options struct {
 	Names func() []string
 	// Lookup resolves a name to the inbox of its relay.
 	Lookup func(name string) (chan<- *relay.Message, bool)
+	// Observer, if set, is told of every answer sent on NATS, as the socket server tells it of
+	// the socket's.
+	Observer relay.Observer
 	// PendingLimit bounds the core requests one subscription buffers before NATS reports a slow
 	// consumer and drops more.
 	PendingLimit int
@@ -285,8 +288,15 @@ func (n *Node) status(name string) *ipc.Status {
 	return nil
 }
 
-// count records an answer of s.
-func (s *service) count(r ipc.Reply, took time.Duration) {
+// count records an answer of s to a request on topic.
+func (n *Node) count(s *service, topic string, r ipc.Reply, took time.Duration) {
+	if o := n.opts.Observer; o != nil {
+		code := ""
+		if r.Error != nil {
+			code = r.Error.Code
+		}
+		o.Answered(s.name, topic, code, took)
+	}
 	s.inFlight.Add(-1)
 	s.answered.Add(1)
 	s.mu.Lock()
@@ -334,8 +344,9 @@ func (n *Node) frame(r ipc.Reply) []byte {
 func (n *Node) handleCore(s *service, req micro.Request) {
 	accepted := time.Now()
 	s.inFlight.Add(1)
+	topic := strings.TrimPrefix(req.Subject(), SubjectPrefix+"."+s.name+".")
 	answer := func(r ipc.Reply) {
-		s.count(r, time.Since(accepted))
+		n.count(s, topic, r, time.Since(accepted))
 		hdr := micro.Headers{HeaderNode: []string{n.opts.Node}}
 		body := n.frame(r)
 		var err error
@@ -352,7 +363,6 @@ func (n *Node) handleCore(s *service, req micro.Request) {
 			n.log.Debug("answer not sent", "subject", req.Subject(), "error", err)
 		}
 	}
-	topic := strings.TrimPrefix(req.Subject(), SubjectPrefix+"."+s.name+".")
 	r, perr := request(s.name, topic, req.Data())
 	if perr != nil {
 		answer(ipc.ErrorReply(nil, perr))

@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"relayd/cluster"
+	"relayd/relay"
 )
 
 // natsConfig is cluster mode's settings; url is empty when relayd serves its socket alone.
@@ -44,7 +45,7 @@ func checkNATS(c *natsConfig) error {
 }
 
 // startNATS starts cluster mode when --nats is given; it returns nil otherwise.
-func startNATS(ctx context.Context, cfg *config, log hclog.Logger, ss *services) (*cluster.Node, error) {
+func startNATS(ctx context.Context, cfg *config, log hclog.Logger, ss *services, observer relay.Observer) (*cluster.Node, error) {
 	c := cfg.nats
 	if c.url == "" {
 		return nil, nil
@@ -70,6 +71,7 @@ func startNATS(ctx context.Context, cfg *config, log hclog.Logger, ss *services)
 		Replicas:     c.replicas,
 		Slots:        slots,
 		PendingLimit: c.pendingLimit,
+		Observer:     observer,
 		Logger:       log,
 	})
 }

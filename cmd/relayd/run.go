@@ -105,7 +105,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		Logger:          log,
 	})
 	mx.serve(ss.stats, srv)
-	node, err := startNATS(ctx, cfg, log, ss)
+	node, err := startNATS(ctx, cfg, log, ss, mx.observer())
 	if err != nil {
 		ln.Close()
 		ss.stopAll()
