@@ -194,7 +194,12 @@ service "stall" {
 				mu.Unlock()
 			}
 			// Every request has had its answer; nothing more may come before relayd closes.
-			<-conn.Done()
+			select {
+			case <-conn.Done():
+			case <-time.After(30 * time.Second):
+				t.Errorf("client %d: relayd did not close the connection within 30s of its last answer", c)
+				return
+			}
 			if err := conn.Err(); !errors.Is(err, ipc.ErrClosed) {
 				t.Errorf("client %d: connection ended with %v", c, err)
 			}
