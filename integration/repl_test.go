@@ -269,16 +269,18 @@ func TestREPL(t *testing.T) {
 
 	t.Run("timeout, and a late answer shown as late, not taken for the next one", func(t *testing.T) {
 		t.Parallel()
-		tm := startTerminal(t, env, "--timeout=300ms")
+		tm := startTerminal(t, env, "--timeout=1s")
 		tm.expect(yellow + "> " + reset)
-		tm.send("!sleep 1s\r")
-		tm.expect(dim + "  timeout (no answer within 300ms; relayd may still be working on it: its answer will show here)" + reset + "\r\n")
+		tm.send("!sleep 3s\r")
+		tm.expect(dim + "  timeout (no answer within 1s; relayd may still be working on it: its answer will show here)" + reset + "\r\n")
 		tm.expect(yellow + "> " + reset)
 		// The late answer comes while the prompt waits: it names its message.
-		tm.expect(green + `  late answer to "!sleep 1s": !SLEEP 1S` + reset + "\r\n")
+		tm.expect(green + `  late answer to "!sleep 3s": !SLEEP 3S` + reset + "\r\n")
 		tm.expect(yellow + "> " + reset)
 		tm.send("next\r")
-		tm.expect(green + "  NEXT" + reset)
+		// On a loaded machine "next" may miss its second as well; either way it is not taken
+		// for the answer to the message before it.
+		tm.expectRegexp(regexp.QuoteMeta(green) + `  (late answer to "next": )?NEXT` + regexp.QuoteMeta(reset))
 		tm.expect(yellow + "> " + reset)
 		tm.send("\x03") // Ctrl+C at the prompt.
 		tm.expect("\r\nGoodbye!\r\n")
