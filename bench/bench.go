@@ -185,7 +185,7 @@ type spec struct {
 	clients int
 	target  int
 	pace    time.Duration
-	server  string // "relayd", "spares", "maxreq", "s6" or ""
+	server  string // "relayd", "nosandbox", "spares", "maxreq", "s6" or ""
 }
 
 func (b *bench) setup(ctx context.Context) error {
@@ -202,6 +202,12 @@ func (b *bench) setup(ctx context.Context) error {
 			spec{name: "floor: empty Go binary", group: groupFloor, clients: c, target: cfg.n},
 			spec{name: "worker direct", group: groupWorker, clients: c, target: cfg.n},
 			spec{name: "relayd", group: groupRelayd, clients: c, target: cfg.n, server: "relayd"})
+	}
+	// The sandbox's cost per message: the same relayd with its workers unconfined.
+	if b.bins.sandboxSupported {
+		for _, c := range []int{1, 8} {
+			specs = append(specs, spec{name: "relayd --worker-sandbox=off", group: groupRelayd, clients: c, target: cfg.n, server: "nosandbox"})
+		}
 	}
 	sparesName := fmt.Sprintf("relayd --spares=%d", cfg.spares)
 	if b.bins.sparesSupported {
@@ -271,6 +277,8 @@ func (b *bench) setup(ctx context.Context) error {
 				args = append(args, "--cpu-profile="+cfg.profile)
 			}
 			srv, err = b.startRelayd(ctx, "relayd", args...)
+		case "nosandbox":
+			srv, err = b.startRelayd(ctx, "relayd-nosandbox", "--worker-arg=--delay=0s", "--worker-sandbox=off")
 		case "spares":
 			srv, err = b.startRelayd(ctx, "relayd-spares", "--worker-arg=--delay=0s", "--spares="+strconv.Itoa(cfg.spares))
 		case "maxreq":

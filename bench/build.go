@@ -25,6 +25,7 @@ type binaries struct {
 	maxRequestsSupported bool
 	profileSupported     bool // relayd has --cpu-profile
 	transportSupported   bool // relayd has --transport (go-plugin workers)
+	sandboxSupported     bool // relayd has --worker-sandbox
 }
 
 // leanFlags builds the way the Makefile builds the worker: static and stripped, so that each
@@ -105,6 +106,7 @@ func build(ctx context.Context, cfg *config, tmp string) (binaries, error) {
 	b.profileSupported = bytes.Contains(help, []byte("--cpu-profile"))
 	_, err = os.Stat(b.workerPlugin)
 	b.transportSupported = bytes.Contains(help, []byte("--transport")) && err == nil
+	b.sandboxSupported = bytes.Contains(help, []byte("--worker-sandbox"))
 	if p, err := exec.LookPath("s6-ipcserver"); err == nil {
 		b.s6ipcserver = p
 	}

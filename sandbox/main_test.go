@@ -94,6 +94,10 @@ func helper(action string, args []string) int {
 	case "sleep":
 		time.Sleep(time.Minute)
 		return 0
+	case "tmpdir-sleep":
+		fmt.Println(os.Getenv("TMPDIR"))
+		time.Sleep(time.Minute)
+		return 0
 	}
 	fmt.Println("unknown action", action)
 	return 2
@@ -156,4 +160,17 @@ func trimNL(s string) string {
 		s = s[:len(s)-1]
 	}
 	return s
+}
+
+// resetSlots ends the parked slots of s, so that a test's change to s reaches the next worker.
+func resetSlots(s *Sandbox) {
+	s.mu.Lock()
+	idle := s.idle
+	s.idle = nil
+	s.mu.Unlock()
+	for _, sl := range idle {
+		close(sl.jobs)
+		<-sl.done
+		os.RemoveAll(sl.dir)
+	}
 }

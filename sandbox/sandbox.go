@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -97,10 +98,14 @@ type Sandbox struct {
 	root       string // holds the scratch directories; mode 0711, so it cannot be listed
 	abi        int    // Landlock ABI, 0 when not used
 	attr       rulesetAttr
-	rules      []pathRule
 	prog       *syscall.SockFprog // nil when seccomp is not used
 	cloneflags uintptr
 	report     Report
+
+	mu     sync.Mutex
+	idle   []*slot     // guarded by mu; parked slots, the most recent last
+	trim   *time.Timer // guarded by mu; ends slots idle too long
+	closed bool        // guarded by mu
 }
 
 // New works out what the kernel enforces and prepares the sandbox. With ModeStrict it fails
@@ -184,16 +189,13 @@ func (s *Sandbox) probe(cmd func() *exec.Cmd) error {
 		if s.attr.scoped == 0 {
 			missing(LandlockScope, fmt.Sprintf("Landlock ABI %d, scopes need 6", abi))
 		}
-		if s.rules, err = readOnlyRules(); err != nil {
+		// The rules are opened for each slot and closed again, so that the sandbox holds
+		// no descriptor at rest; this first time checks the writable paths.
+		rules, err := s.openRules(s.root)
+		if err != nil {
 			return err
 		}
-		for _, p := range s.policy.Writable {
-			r, err := openRule(p, fsWritable)
-			if err != nil {
-				return err
-			}
-			s.rules = append(s.rules, r)
-		}
+		closeRules(rules)
 	}
 	if err := seccompAvailable(); err != nil {
 		missing(Seccomp, err.Error())
@@ -272,14 +274,25 @@ func (s *Sandbox) Report() Report {
 	return r
 }
 
-// Close removes the directory of the scratch directories. Every worker must be released. A nil
-// Sandbox has nothing to close.
+// Close ends the sandbox's threads and removes the directory of the scratch directories. Every
+// worker must have been released. A nil Sandbox has nothing to close.
 func (s *Sandbox) Close() error {
 	if s == nil {
 		return nil
 	}
-	closeRules(s.rules)
-	s.rules = nil
+	s.mu.Lock()
+	s.closed = true
+	idle := s.idle
+	s.idle = nil
+	if s.trim != nil {
+		s.trim.Stop()
+		s.trim = nil
+	}
+	s.mu.Unlock()
+	for _, sl := range idle {
+		endSlot(sl)
+	}
+	// Slots still lent out end when their workers are released.
 	return os.RemoveAll(s.root)
 }
 
@@ -287,29 +300,48 @@ func (s *Sandbox) Close() error {
 // confined as the worker will be: the worker inherits the thread's Landlock domain, seccomp
 // filter and no_new_privs at fork, so it is confined from its first instruction, and nothing
 // needs to run between fork and exec (Go offers no hook there). The thread is the worker's
-// parent for PR_SET_PDEATHSIG, so it stays, parked, until release is called after the worker
-// has been reaped; then it ends and the worker's scratch directory is removed.
+// parent for PR_SET_PDEATHSIG, so it serves this worker alone until release is called, after
+// the worker has been reaped; then the worker's scratch directory is removed and the thread
+// waits for the next worker.
 //
-// Launch adds TMPDIR (a new scratch directory of mode 0700) to cmd.Env and the namespace flags
-// to cmd.SysProcAttr. The user namespace has no uid map: the worker keeps its uid outside (so
-// files it makes are owned as before) and holds no capability at all, even when relayd runs as
-// root; writing a map would take a write to /proc/PID/uid_map, which the confined thread cannot
-// make. With a Credential (--worker-user), which needs a mapped uid, only the PID namespace is
-// new, which the root relayd that sets one may create.
+// Confined threads are kept in a pool of slots rather than made per worker: a Landlock domain
+// cannot be lifted, so a thread confined for one worker could only end with it, and making and
+// ending a thread per message, under load, costs more than the whole sandbox otherwise does.
+// Each slot has a directory of its own, writable beneath in its domain alone; a worker's
+// TMPDIR is a new directory in it with a random name, and release empties the slot's directory
+// before another worker gets the slot. Workers alive at the same time are thus always in
+// different Landlock domains: none can write, signal or trace (read /proc/PID/environ of)
+// another.
+//
+// Launch adds TMPDIR to cmd.Env and the namespace flags to cmd.SysProcAttr. The user
+// namespace has no uid map: the worker keeps its uid outside (so files it makes are owned as
+// before) and holds no capability at all; writing a map would take a write to
+// /proc/PID/uid_map, which the confined thread cannot make. With a Credential
+// (--worker-user), which needs a mapped uid, only the PID namespace is new, which the root
+// relayd that sets one may create.
 func (s *Sandbox) Launch(cmd *exec.Cmd, fork func() error) (release func(), err error) {
-	scratch, err := s.newScratch()
-	if err != nil {
-		return nil, err
-	}
-	cmd.Env = append(slices.DeleteFunc(slices.Clone(cmd.Env), func(kv string) bool { return strings.HasPrefix(kv, "TMPDIR=") }),
-		"TMPDIR="+scratch)
 	if s.mode == ModeOff {
+		scratch, err := s.newScratch(s.root)
+		if err != nil {
+			return nil, err
+		}
+		setTMPDIR(cmd, scratch)
 		if err := fork(); err != nil {
 			os.RemoveAll(scratch)
 			return nil, err
 		}
 		return func() { os.RemoveAll(scratch) }, nil
 	}
+	sl, err := s.slot()
+	if err != nil {
+		return nil, err
+	}
+	scratch, err := s.newScratch(sl.dir)
+	if err != nil {
+		s.putSlot(sl)
+		return nil, err
+	}
+	setTMPDIR(cmd, scratch)
 	if s.cloneflags != 0 {
 		attr := syscall.SysProcAttr{}
 		if cmd.SysProcAttr != nil {
@@ -321,43 +353,200 @@ func (s *Sandbox) Launch(cmd *exec.Cmd, fork func() error) (release func(), err 
 		}
 		cmd.SysProcAttr = &attr
 	}
+	errc := make(chan error, 1)
+	sl.jobs <- func() { errc <- fork() }
+	if err := <-errc; err != nil {
+		s.putSlot(sl)
+		return nil, err
+	}
+	return func() { s.putSlot(sl) }, nil
+}
+
+func setTMPDIR(cmd *exec.Cmd, dir string) {
+	cmd.Env = append(slices.DeleteFunc(slices.Clone(cmd.Env), func(kv string) bool { return strings.HasPrefix(kv, "TMPDIR=") }),
+		"TMPDIR="+dir)
+}
+
+// slot is a confined OS thread with its directory.
+type slot struct {
+	dir  string
+	jobs chan func()   // run on the slot's thread; closed to end it
+	done chan struct{} // closed when the thread has ended
+	// idleSince is when it was last given back; guarded by the Sandbox's mu.
+	idleSince time.Time
+}
+
+// maxIdleSlots bounds the parked threads kept for later workers, and idleSlotTime how long one
+// is kept unused: a burst's threads go soon after it, and the last one used always stays.
+const (
+	maxIdleSlots = 256
+	idleSlotTime = time.Second
+)
+
+// slot returns an idle slot, or a new one.
+func (s *Sandbox) slot() (*slot, error) {
+	s.mu.Lock()
+	if n := len(s.idle); n > 0 {
+		sl := s.idle[n-1]
+		s.idle = s.idle[:n-1]
+		s.mu.Unlock()
+		return sl, nil
+	}
+	s.mu.Unlock()
+	return s.newSlot()
+}
+
+// newSlot makes a slot: its directory, and its thread, confined with a domain that lets it
+// write beneath that directory (and the policy's writable paths) alone.
+func (s *Sandbox) newSlot() (*slot, error) {
+	dir, err := s.newScratch(s.root)
+	if err != nil {
+		return nil, err
+	}
 	ruleset := -1
 	if s.abi > 0 {
-		r, err := openRule(scratch, fsWritable)
+		rules, err := s.openRules(dir)
 		if err == nil {
-			ruleset, err = newRuleset(s.attr, append(slices.Clip(s.rules), r))
-			unix.Close(r.fd)
+			ruleset, err = newRuleset(s.attr, rules)
+			closeRules(rules)
 		}
 		if err != nil {
-			os.RemoveAll(scratch)
+			os.RemoveAll(dir)
 			return nil, err
 		}
 		defer unix.Close(ruleset)
 	}
+	sl := &slot{dir: dir, jobs: make(chan func()), done: make(chan struct{})}
 	started := make(chan error, 1)
-	done := make(chan struct{})
 	go func() {
+		defer close(sl.done)
 		// Never unlocked: the thread ends with this goroutine and takes its confinement along.
 		// The runtime never clones a new thread from a locked one (it asks its template
 		// thread), so no other thread of relayd inherits it.
 		runtime.LockOSThread()
 		err := s.confine(ruleset)
-		if err == nil {
-			err = fork()
-		}
 		started <- err
-		if err == nil {
-			<-done
+		if err != nil {
+			return
+		}
+		for job := range sl.jobs {
+			job()
 		}
 	}()
 	if err := <-started; err != nil {
-		os.RemoveAll(scratch)
+		os.RemoveAll(dir)
 		return nil, err
 	}
-	return func() {
-		close(done)
-		os.RemoveAll(scratch)
-	}, nil
+	return sl, nil
+}
+
+// putSlot empties a slot's directory and parks the slot for the next worker. A slot whose
+// directory cannot be emptied, or one too many, or any after Close, is ended instead.
+func (s *Sandbox) putSlot(sl *slot) {
+	ok := emptyDir(sl.dir) == nil
+	s.mu.Lock()
+	if ok && !s.closed && len(s.idle) < maxIdleSlots {
+		sl.idleSince = time.Now()
+		s.idle = append(s.idle, sl)
+		if s.trim == nil && len(s.idle) > 1 {
+			s.trim = time.AfterFunc(idleSlotTime, s.trimIdle)
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	endSlot(sl)
+}
+
+// trimIdle ends the slots unused for idleSlotTime, but the most recently used one.
+func (s *Sandbox) trimIdle() {
+	s.mu.Lock()
+	s.trim = nil
+	var old []*slot
+	cutoff := time.Now().Add(-idleSlotTime)
+	for len(s.idle) > 1 && !s.idle[0].idleSince.After(cutoff) {
+		old = append(old, s.idle[0])
+		s.idle = s.idle[1:]
+	}
+	if len(s.idle) > 1 && !s.closed {
+		s.trim = time.AfterFunc(s.idle[0].idleSince.Add(idleSlotTime).Sub(time.Now()), s.trimIdle)
+	}
+	s.mu.Unlock()
+	for _, sl := range old {
+		endSlot(sl)
+	}
+}
+
+// endSlot ends a slot's thread and removes its directory.
+func endSlot(sl *slot) {
+	close(sl.jobs)
+	<-sl.done
+	os.RemoveAll(sl.dir)
+}
+
+// emptyDir removes everything in dir but dir itself, making unreadable directories a worker
+// left readable again first.
+func emptyDir(dir string) error {
+	os.Chmod(dir, 0o700)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		if err := os.RemoveAll(path); err != nil {
+			filepath.WalkDir(path, func(p string, d os.DirEntry, err error) error {
+				if d != nil && d.IsDir() {
+					os.Chmod(p, 0o700)
+				}
+				return nil
+			})
+			if err := os.RemoveAll(path); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// newScratch makes a directory in parent with a name of 128 random bits, so that a worker,
+// which cannot list the parent, cannot guess it either.
+func (s *Sandbox) newScratch(parent string) (string, error) {
+	var b [16]byte
+	rand.Read(b[:])
+	dir := filepath.Join(parent, hex.EncodeToString(b[:]))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", fmt.Errorf("making a scratch directory: %w", err)
+	}
+	return dir, nil
+}
+
+// hasCapability reports whether capability c is in the process's effective set.
+func hasCapability(c int) bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
+}
+
+// openRules opens the paths of a slot's Landlock rules: the read-only view, the policy's
+// writable paths, and the slot's own directory dir.
+func (s *Sandbox) openRules(dir string) ([]pathRule, error) {
+	rules, err := readOnlyRules()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range append(slices.Clip(s.policy.Writable), dir) {
+		r, err := openRule(p, fsWritable)
+		if err != nil {
+			closeRules(rules)
+			return nil, err
+		}
+		rules = append(rules, r)
+	}
+	return rules, nil
 }
 
 // confine applies no_new_privs, the Landlock ruleset and the seccomp filter to the calling
@@ -377,26 +566,4 @@ func (s *Sandbox) confine(ruleset int) error {
 		}
 	}
 	return nil
-}
-
-// newScratch makes a worker's scratch directory. Its name is 128 random bits, so that another
-// worker, which cannot list the parent, cannot guess it either.
-func (s *Sandbox) newScratch() (string, error) {
-	var b [16]byte
-	rand.Read(b[:])
-	dir := filepath.Join(s.root, hex.EncodeToString(b[:]))
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return "", fmt.Errorf("making a scratch directory: %w", err)
-	}
-	return dir, nil
-}
-
-// hasCapability reports whether capability c is in the process's effective set.
-func hasCapability(c int) bool {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return false
-	}
-	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
 }

@@ -50,6 +50,46 @@ func TestFileSystemReadOnlyButScratchAndWritable(t *testing.T) {
 	})
 }
 
+// TestWorkersCannotWriteEachOthersScratch runs two workers at once: the second cannot write
+// into the first's scratch directory, and a later worker gets an empty one.
+func TestWorkersCannotWriteEachOthersScratch(t *testing.T) {
+	s := newSandbox(t, Policy{})
+	require(t, s, LandlockFS)
+	cmd := helperCmd(t, "tmpdir-sleep")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := s.Launch(cmd, cmd.Start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		release()
+	}()
+	line := make([]byte, 256)
+	n, err := out.Read(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := strings.TrimSpace(string(line[:n]))
+	if got := runHelper(t, s, "write", filepath.Join(first, "f")); !strings.Contains(got, "permission denied") {
+		t.Errorf("writing into another worker's scratch %s: got %q, want permission denied", first, got)
+	}
+	if got := runHelper(t, s, "write", filepath.Join(filepath.Dir(first), "f")); !strings.Contains(got, "permission denied") {
+		t.Errorf("writing beside another worker's scratch: got %q, want permission denied", got)
+	}
+	// A slot given back is emptied before the next worker gets it.
+	got := runHelper(t, s, "tmpdir")
+	dir, _, _ := strings.Cut(got, "\n")
+	entries, _ := os.ReadDir(filepath.Dir(dir))
+	if len(entries) != 0 {
+		t.Errorf("slot directory after release holds %d entries, want none", len(entries))
+	}
+}
+
 func TestNetworkOffUnlessAllowed(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -90,6 +130,7 @@ func TestLandlockDeniesTCPWithoutSeccomp(t *testing.T) {
 	s := newSandbox(t, Policy{})
 	require(t, s, LandlockNet)
 	s.prog = nil // Landlock alone must keep TCP out.
+	resetSlots(s)
 	got := runHelper(t, s, "connect", ln.Addr().String())
 	if !strings.Contains(got, "permission denied") {
 		t.Errorf("connect with Landlock alone: got %q, want permission denied", got)
