@@ -4,15 +4,17 @@ package sandbox
 
 import (
 	"crypto/rand"
-	"encoding/hex"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -101,6 +103,7 @@ type Sandbox struct {
 	prog       *syscall.SockFprog // nil when seccomp is not used
 	cloneflags uintptr
 	report     Report
+	slots      atomic.Uint64 // slots made, to name their directories
 
 	mu     sync.Mutex
 	idle   []*slot     // guarded by mu; parked slots, the most recent last
@@ -377,7 +380,7 @@ type slot struct {
 }
 
 // maxIdleSlots bounds the parked threads kept for later workers, and idleSlotTime how long one
-// is kept unused: a burst's threads go soon after it, and the last one used always stays.
+// is kept unused: a burst's threads go soon after it, and an idle relayd holds none.
 const (
 	maxIdleSlots = 256
 	idleSlotTime = time.Second
@@ -399,9 +402,10 @@ func (s *Sandbox) slot() (*slot, error) {
 // newSlot makes a slot: its directory, and its thread, confined with a domain that lets it
 // write beneath that directory (and the policy's writable paths) alone.
 func (s *Sandbox) newSlot() (*slot, error) {
-	dir, err := s.newScratch(s.root)
-	if err != nil {
-		return nil, err
+	// A slot's name need not be secret: each worker's TMPDIR in it has a random one.
+	dir := filepath.Join(s.root, "s"+strconv.FormatUint(s.slots.Add(1), 10))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("making a slot directory: %w", err)
 	}
 	ruleset := -1
 	if s.abi > 0 {
@@ -448,7 +452,7 @@ func (s *Sandbox) putSlot(sl *slot) {
 	if ok && !s.closed && len(s.idle) < maxIdleSlots {
 		sl.idleSince = time.Now()
 		s.idle = append(s.idle, sl)
-		if s.trim == nil && len(s.idle) > 1 {
+		if s.trim == nil {
 			s.trim = time.AfterFunc(idleSlotTime, s.trimIdle)
 		}
 		s.mu.Unlock()
@@ -458,17 +462,17 @@ func (s *Sandbox) putSlot(sl *slot) {
 	endSlot(sl)
 }
 
-// trimIdle ends the slots unused for idleSlotTime, but the most recently used one.
+// trimIdle ends the slots unused for idleSlotTime.
 func (s *Sandbox) trimIdle() {
 	s.mu.Lock()
 	s.trim = nil
 	var old []*slot
 	cutoff := time.Now().Add(-idleSlotTime)
-	for len(s.idle) > 1 && !s.idle[0].idleSince.After(cutoff) {
+	for len(s.idle) > 0 && !s.idle[0].idleSince.After(cutoff) {
 		old = append(old, s.idle[0])
 		s.idle = s.idle[1:]
 	}
-	if len(s.idle) > 1 && !s.closed {
+	if len(s.idle) > 0 && !s.closed {
 		s.trim = time.AfterFunc(s.idle[0].idleSince.Add(idleSlotTime).Sub(time.Now()), s.trimIdle)
 	}
 	s.mu.Unlock()
@@ -510,11 +514,13 @@ func emptyDir(dir string) error {
 }
 
 // newScratch makes a directory in parent with a name of 128 random bits, so that a worker,
-// which cannot list the parent, cannot guess it either.
+// which cannot list the parent, cannot guess it either. The name is short (base64, 22
+// characters): a worker may make a Unix socket in its TMPDIR, and socket paths are limited to
+// 108 bytes.
 func (s *Sandbox) newScratch(parent string) (string, error) {
 	var b [16]byte
 	rand.Read(b[:])
-	dir := filepath.Join(parent, hex.EncodeToString(b[:]))
+	dir := filepath.Join(parent, "w"+base64.RawURLEncoding.EncodeToString(b[:]))
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return "", fmt.Errorf("making a scratch directory: %w", err)
 	}
