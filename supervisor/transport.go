@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -106,11 +105,13 @@ func (c *stdioConn) Forked(int) error {
 }
 
 func (c *stdioConn) Send(req ipc.WorkerRequest) error {
-	b, err := json.Marshal(req)
+	// AppendFrame, not json.Marshal: that would write each < > & of the data as a six-byte
+	// escape, making the request up to six times the client's, and relayd bounds it in bytes.
+	b, err := ipc.AppendFrame(c.buf[:0], req)
 	if err != nil {
 		return fmt.Errorf("encoding request: %w", err)
 	}
-	c.buf = append(append(c.buf[:0], b...), '\n')
+	c.buf = b
 	_, err = c.stdin.Write(c.buf)
 	return err
 }
