@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -61,13 +62,16 @@ func dialRaw(t *testing.T, sock string) *net.UnixConn {
 func readAnswers(t *testing.T, c net.Conn, n int, d time.Duration) ([]ipc.Answer, error) {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(d))
-	lr := ipc.NewLineReader(c, 64*mib)
+	br := bufio.NewReader(c)
 	var out []ipc.Answer
 	for len(out) < n {
-		line, err := lr.ReadLine()
+		// A last line without its newline is an answer cut off by relayd's stop: dropped,
+		// not answered.
+		line, err := br.ReadBytes('\n')
 		if err != nil {
 			return out, err
 		}
+		line = line[:len(line)-1]
 		if !utf8.Valid(line) || !json.Valid(line) {
 			t.Errorf("answer is not valid UTF-8 JSON: %q", clipBytes(line, 200))
 		}
@@ -210,5 +214,286 @@ func TestIdleTimeout(t *testing.T) {
 	answers, err := readAnswers(t, busy, 1, 20*time.Second)
 	if err != nil || answers[0].Error != nil {
 		t.Errorf("connection waiting for its answer: %v %v, want the answer", answers, err)
+	}
+}
+
+// Timings of the abuse tests: a stop must end within --shutdown-timeout + --kill-grace + 3 s
+// (the documented bound); stopSlack is added for a loaded machine to start and reap processes.
+const (
+	abuseShutdown = 500 * time.Millisecond
+	abuseGrace    = 200 * time.Millisecond
+	stopBound     = abuseShutdown + abuseGrace + 3*time.Second
+	stopSlack     = time.Second
+)
+
+// abuseFlags are the stop timings every abuse test runs relayd with.
+var abuseFlags = []string{"--shutdown-timeout=" + abuseShutdown.String(), "--kill-grace=" + abuseGrace.String(),
+	"--stats-interval=0", "--worker-arg=--delay=0s"}
+
+// stopWithin sends relayd SIGTERM and requires it to exit 0 within the stop bound, whatever
+// its clients are doing. It returns how long the stop took.
+func (r *relayd) stopWithin(t *testing.T) time.Duration {
+	t.Helper()
+	var took time.Duration
+	r.once.Do(func() {
+		start := time.Now()
+		if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatalf("signalling relayd: %v", err)
+		}
+		select {
+		case err := <-r.exited:
+			took = time.Since(start)
+			if err != nil {
+				t.Errorf("relayd after SIGTERM: %v, want exit status 0; its log:\n%s", err, r.log)
+			}
+		case <-time.After(stopBound + stopSlack):
+			r.cmd.Process.Kill()
+			<-r.exited
+			t.Fatalf("relayd still running %s after SIGTERM, past its stop bound of %s", stopBound+stopSlack, stopBound)
+		}
+	})
+	return took
+}
+
+// peakRSS samples pid's RSS every 10ms until stop is closed and returns the highest value.
+func peakRSS(t *testing.T, pid int, stop <-chan struct{}) <-chan int64 {
+	out := make(chan int64, 1)
+	go func() {
+		var peak int64
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			if err == nil {
+				for _, line := range strings.Split(string(b), "\n") {
+					if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+						kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+						peak = max(peak, kb<<10)
+					}
+				}
+			}
+			select {
+			case <-stop:
+				out <- peak
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return out
+}
+
+// echoLine is a request line with data of n copies of c.
+func echoLine(id int, c byte, n int) []byte {
+	return []byte(fmt.Sprintf(`{"id":%d,"to":"relay","topic":"echo","data":"%s"}`+"\n", id, bytes.Repeat([]byte{c}, n)))
+}
+
+// TestAbuseNeverRead: clients send long requests of text that used to be inflated six times
+// and never read their answers. relayd must hold its pending bytes to their bound: RSS stays
+// under memBound above idle; a SIGTERM in the middle ends within the stop bound; every
+// message read is answered exactly once, or counted as dropped at the stop.
+func TestAbuseNeverRead(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	// A quarter of the default --max-message-bytes, so the bounds scale by a quarter too.
+	r := startRelaydBin(t, plainRelayd, sock, append(abuseFlags, "--max-message-bytes=262144")...)
+	pid := r.cmd.Process.Pid
+	// Idle is measured after one message, so that the code a message runs is paged in.
+	ask(t, sock, "warm")
+	idle := vmRSS(t, pid)
+	const clients, perClient, size = 8, 32, 250 << 10
+	stop := make(chan struct{})
+	peak := peakRSS(t, pid, stop)
+	conns := make([]*net.UnixConn, clients)
+	written := make(chan int, clients)
+	for i := range conns {
+		conns[i] = dialRaw(t, sock)
+		go func(c *net.UnixConn) {
+			n := 0
+			c.SetWriteDeadline(time.Now().Add(3 * time.Second))
+			for j := range perClient {
+				if _, err := c.Write(echoLine(j, '<', size)); err != nil {
+					break
+				}
+				n++
+			}
+			written <- n
+		}(conns[i])
+	}
+	for range clients {
+		<-written
+	}
+	fds := fdCount(pid)
+	took := r.stopWithin(t)
+	close(stop)
+	grew := <-peak - idle
+	t.Logf("RSS grew by %.1f MiB (idle %.1f MiB); %d fds; stop took %s", float64(grew)/mib, float64(idle)/mib, fds, took.Round(time.Millisecond))
+	// 16 MiB is the 64 MiB of the defaults scaled by the same quarter.
+	const memBound = 16 * mib
+	if grew > memBound {
+		t.Errorf("relayd's RSS grew by %.1f MiB, over the bound of %d MiB", float64(grew)/mib, memBound/mib)
+	}
+	if fds > clients+64 {
+		t.Errorf("relayd had %d fds open with %d clients", fds, clients)
+	}
+	var read []ipc.Answer
+	for _, c := range conns {
+		answers, _ := readAnswers(t, c, perClient, 10*time.Second)
+		read = append(read, answers...)
+	}
+	checkAnsweredOnce(t, r, read, 1)
+}
+
+// stopCounts returns the answers relayd handed to its connections and those it dropped, from
+// its "relay stopped" log line.
+func stopCounts(t *testing.T, r *relayd) (answers, dropped int) {
+	t.Helper()
+	for _, line := range strings.Split(r.log.String(), "\n") {
+		if !strings.Contains(line, "relay stopped") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "answers="); ok {
+				answers, _ = strconv.Atoi(v)
+			}
+			if v, ok := strings.CutPrefix(f, "answers_dropped="); ok {
+				dropped, _ = strconv.Atoi(v)
+			}
+		}
+		return answers, dropped
+	}
+	t.Fatalf("no \"relay stopped\" line in relayd's log:\n%s", r.log)
+	return 0, 0
+}
+
+// checkAnsweredOnce requires every answer relayd handed out to have been read by a client
+// exactly once or counted as dropped; others is the number of answers the test read on
+// connections of their own (stats, a first message).
+func checkAnsweredOnce(t *testing.T, r *relayd, read []ipc.Answer, others int) {
+	t.Helper()
+	n := countUnique(t, read) + others
+	answers, dropped := stopCounts(t, r)
+	t.Logf("relayd answered %d, dropped %d; clients read %d", answers, dropped, n)
+	if n+dropped != answers {
+		t.Errorf("clients read %d answers and relayd dropped %d, but relayd answered %d", n, dropped, answers)
+	}
+}
+
+// countUnique counts answers, failing the test on an id answered twice.
+func countUnique(t *testing.T, answers []ipc.Answer) int {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, a := range answers {
+		if id := string(a.ID); id != "" {
+			if seen[id] {
+				t.Errorf("id %s answered twice", id)
+			}
+			seen[id] = true
+		}
+	}
+	return len(answers)
+}
+
+// TestAbuseStopAtMaxPerClient: a client at --max-per-client has a line waiting for a slot
+// behind a message whose worker hangs. SIGTERM must still end relayd within the stop bound,
+// not after --message-timeout, and both messages must be answered.
+func TestAbuseStopAtMaxPerClient(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	r := startRelayd(t, sock, append(abuseFlags, "--allow-fault-injection", "--max-per-client=1", "--message-timeout=30s")...)
+	c := dialRaw(t, sock)
+	if _, err := c.Write([]byte(`{"id":1,"to":"relay","topic":"echo","data":"!hang"}` + "\n" + `{"id":2,"to":"relay","topic":"echo","data":"x"}` + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	// The first message is with its worker once the worker is alive.
+	if !eventually(10*time.Second, func() bool { return len(descendants(r.cmd.Process.Pid)) > 0 }) {
+		t.Fatal("no worker started for the first message")
+	}
+	took := r.stopWithin(t)
+	t.Logf("stop took %s", took.Round(time.Millisecond))
+	answers, err := readAnswers(t, c, 2, 10*time.Second)
+	if len(answers) != 2 {
+		t.Fatalf("got %d answers (%v), want both messages answered", len(answers), err)
+	}
+	countUnique(t, answers)
+	for _, a := range answers {
+		if a.Error == nil || a.Error.Code != ipc.CodeShuttingDown {
+			t.Errorf("answer %s, want shutting_down", a.Raw)
+		}
+	}
+}
+
+// TestAbuseSlowReader: a client with many answers pending reads them slowly, never slowly
+// enough to trip the write timeout. SIGTERM must end relayd within the stop bound; the
+// answers not read by then are dropped and counted, and every message is either answered
+// once or counted.
+func TestAbuseSlowReader(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	r := startRelayd(t, sock, abuseFlags...)
+	c := dialRaw(t, sock)
+	// Answers of 900 KiB: two of them, all the connection may have pending, are more than the
+	// kernel's socket buffer holds, so some are still relayd's when it stops.
+	const n, size = 8, 900 << 10
+	go func() {
+		c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		for i := range n {
+			if _, err := c.Write(echoLine(i, 'a', size)); err != nil {
+				return
+			}
+		}
+	}()
+	// Read 16 KiB every 100ms: a trickle, yet an answer is written well within the 10 s
+	// write timeout.
+	got := make(chan []byte, 1)
+	quit := make(chan struct{})
+	first := make(chan struct{})
+	go func() {
+		var all []byte
+		buf := make([]byte, 16<<10)
+		for {
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			k, err := c.Read(buf)
+			if len(all) == 0 && k > 0 {
+				close(first)
+			}
+			all = append(all, buf[:k]...)
+			if err != nil {
+				got <- all
+				return
+			}
+			select {
+			case <-quit:
+				// Relayd is gone: read the rest as fast as it comes.
+				rest, _ := io.ReadAll(c)
+				got <- append(all, rest...)
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	// Stop once answers are coming.
+	select {
+	case <-first:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no answer within 15s")
+	}
+	took := r.stopWithin(t)
+	close(quit)
+	all := <-got
+	var answers []ipc.Answer
+	// A last line without its newline is an answer cut off by the stop: dropped, not answered.
+	lines := bytes.Split(all, []byte("\n"))
+	for _, line := range lines[:len(lines)-1] {
+		var a ipc.Answer
+		if err := json.Unmarshal(line, &a); err != nil {
+			t.Errorf("answer %q: %v", clipBytes(line, 100), err)
+		}
+		answers = append(answers, a)
+	}
+	t.Logf("stop took %s", took.Round(time.Millisecond))
+	checkAnsweredOnce(t, r, answers, 0)
+	if _, dropped := stopCounts(t, r); dropped == 0 {
+		t.Errorf("no answer counted as dropped at the stop; log:\n%s", r.log)
+	}
+	if !strings.Contains(r.log.String(), "stop deadline reached") {
+		t.Errorf("no log line for the answers dropped at the stop; log:\n%s", r.log)
 	}
 }

@@ -180,6 +180,8 @@ type Source struct {
 	Services func() []ServiceStats
 	// Conns returns the number of open client connections: (*relay.Server).Conns.
 	Conns func() int
+	// Server returns the server's counters: (*relay.Server).Stats.
+	Server func() relay.ServerStats
 }
 
 // ServiceStats is what a scrape reads of one service.
@@ -212,6 +214,12 @@ var (
 		"Worker processes forked, by service.", serviceLabel, nil)
 	descConns = prometheus.NewDesc(Namespace+"_client_connections",
 		"Client connections open now.", nil, nil)
+	descPending = prometheus.NewDesc(Namespace+"_pending_bytes",
+		"Bytes held for clients now: requests read and not yet answered, answers not yet written (bounded by --max-pending-bytes).", nil, nil)
+	descRefused = prometheus.NewDesc(Namespace+"_connections_refused_total",
+		"Connections refused: over --max-conns or --max-conns-per-uid, or not allowed by their credentials.", nil, nil)
+	descDropped = prometheus.NewDesc(Namespace+"_answers_dropped_total",
+		"Answers never written: their client went away, or the stop deadline came before the client read them.", nil, nil)
 	descTokens = prometheus.NewDesc(Namespace+"_retry_budget_tokens",
 		"Tokens left in the service's retry budget: a failed attempt spends one, a success earns part of one back, and retries pause while half or fewer of the full budget remain.", serviceLabel, nil)
 )
@@ -226,6 +234,11 @@ func (s *snapshot) Describe(ch chan<- *prometheus.Desc) {
 	}
 	if s.src.Conns != nil {
 		ch <- descConns
+	}
+	if s.src.Server != nil {
+		ch <- descPending
+		ch <- descRefused
+		ch <- descDropped
 	}
 }
 
@@ -242,5 +255,11 @@ func (s *snapshot) Collect(ch chan<- prometheus.Metric) {
 	}
 	if s.src.Conns != nil {
 		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(s.src.Conns()))
+	}
+	if s.src.Server != nil {
+		st := s.src.Server()
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.PendingBytes))
+		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(st.Refused))
+		ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.AnswersDropped))
 	}
 }

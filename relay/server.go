@@ -18,17 +18,69 @@ import (
 	"relayd/ipc"
 )
 
+// Fixed parts of the server's bounds.
+const (
+	// readBufBytes is each connection's read buffer. Longer lines are assembled in a line
+	// buffer that counts against the connection's pending bytes.
+	readBufBytes = 16 << 10
+	// writeBufBytes batches small answers into one write; longer ones are written directly.
+	writeBufBytes = 4 << 10
+	// maxRefusing bounds connections being refused at once that are read for a moment, so the
+	// client's first request is written without error and it reads the refusal. Further
+	// refusals are written and closed at once.
+	maxRefusing = 16
+	// refuseLinger is how long a refused connection is read before it is closed.
+	refuseLinger = 250 * time.Millisecond
+	// maxUnswept bounds connections whose clients closed them but which relayd has not yet
+	// cleaned up (they are not counted against --max-conns): past it relayd stops accepting
+	// until cleanup catches up.
+	maxUnswept = 32
+	// FixedDescriptors is how many descriptors relayd may hold beyond --max-conns and its
+	// workers' pipes: the refusals above, connections not yet swept, the listener, the
+	// metrics endpoint, stdio, the poller and a margin.
+	FixedDescriptors = maxRefusing + maxUnswept + 32
+	// DescriptorsPerWorker is what one running worker costs relayd: its stdin, stdout and
+	// stderr pipes and a pidfd.
+	DescriptorsPerWorker = 4
+)
+
+// DefaultPendingBytes derives the pending-byte budgets from the longest request: in all, 8
+// requests of the longest size; per connection, two and a few read buffers, so a client can
+// have one long request in flight while the next is read. Go's collector lets the heap grow to
+// about twice what is live, and a message is copied on its way to the worker and back, so
+// relayd's memory grows by several times its pending bytes: 8 MiB pending keeps relayd within
+// 64 MiB of its idle size with the default --max-message-bytes.
+func DefaultPendingBytes(maxMessageBytes int) (total, perClient int64) {
+	perClient = 2*int64(maxMessageBytes) + 4*readBufBytes
+	return max(8*int64(maxMessageBytes), perClient), perClient
+}
+
+// DefaultMaxAnswerBytes derives the longest answer from the longest request: twice it, for
+// case mappings that lengthen text, and room for the frame around the data.
+func DefaultMaxAnswerBytes(maxMessageBytes int) int { return 2*maxMessageBytes + 4<<10 }
+
 // ServerConfig configures a Server.
 type ServerConfig struct {
 	// Lookup resolves a request's "to" to the inbox of a registered process.
 	Lookup func(name string) (chan<- *Message, bool)
 	// MaxMessageBytes bounds a request line; longer ones are answered too_large.
 	MaxMessageBytes int
+	// MaxAnswerBytes bounds an encoded answer; a longer one is replaced by too_large. 0 means
+	// DefaultMaxAnswerBytes.
+	MaxAnswerBytes int
 	// MaxPerClient bounds the messages of one connection that are in flight or whose answers
 	// are not yet written; further lines wait their turn.
 	MaxPerClient int
-	// MaxConns bounds open connections; 0 means no bound.
-	MaxConns int
+	// MaxPendingBytes bounds the bytes held for all clients together: request bytes read and
+	// not yet answered, and answers not yet written. MaxClientPendingBytes is the same bound
+	// for one connection. Past either, connections are not read until bytes drain (the kernel's
+	// socket buffer holds the rest). 0 means DefaultPendingBytes.
+	MaxPendingBytes       int64
+	MaxClientPendingBytes int64
+	// MaxConns bounds open connections; 0 means no bound. MaxConnsPerUID bounds those of one
+	// peer uid; 0 means no bound of its own.
+	MaxConns       int
+	MaxConnsPerUID int
 	// Authorize, if set, decides from the peer's credentials whether it may talk to relayd.
 	Authorize func(unix.Ucred) error
 	// Observer, if set, is told of every answer.
@@ -44,29 +96,69 @@ type ServerConfig struct {
 	Logger      hclog.Logger
 }
 
+// ServerStats are the server's counters, for metrics.
+type ServerStats struct {
+	// PendingBytes is what is held for clients now: requests read and not yet answered,
+	// answers not yet written.
+	PendingBytes int64
+	// Refused counts connections refused: over --max-conns or the per-uid bound, or not
+	// allowed by their credentials.
+	Refused uint64
+	// Answers counts answers handed to connections' writers; AnswersDropped those of them
+	// never written: their client went away, or stop came before the client read them.
+	Answers, AnswersDropped uint64
+}
+
 // Server accepts client connections on a Unix socket and turns their lines into Messages.
 type Server struct {
 	cfg      ServerConfig
 	log      hclog.Logger
-	stopping chan struct{}
-	accept   sync.WaitGroup // the accept loop
-	readers  sync.WaitGroup // one per connection
-	writers  sync.WaitGroup // one per connection
+	stopping chan struct{} // closed by StopReading
+	abandon  chan struct{} // closed when Shutdown gives up on unwritten answers
+	accept   sync.WaitGroup
+	conns    sync.WaitGroup // a reader and a writer per connection, and refusals
 	nextID   atomic.Uint64
 
-	mu      sync.Mutex
-	ln      net.Listener       // guarded by mu
-	conns   map[*conn]struct{} // guarded by mu
-	stopped bool               // guarded by mu
+	// gate is held for reading while a reader hands a message to an inbox, and for writing
+	// when StopReading closes it, so that no message enters after StopReading returns.
+	gate       sync.RWMutex
+	gateClosed bool // guarded by gate
+
+	held    atomic.Int64 // pending bytes of all connections
+	waiting atomic.Int32 // readers waiting for pending bytes to drain
+	wakeMu  sync.Mutex
+	wake    chan struct{} // guarded by wakeMu; closed and replaced when bytes drain
+
+	refused, answers, dropped atomic.Uint64
+
+	mu       sync.Mutex
+	ln       net.Listener       // guarded by mu
+	all      map[*conn]struct{} // guarded by mu; every connection not yet cleaned up
+	live     int                // guarded by mu; those counted against MaxConns
+	perUID   map[uint32]int     // guarded by mu; live connections per peer uid
+	refusing int                // guarded by mu; refusals being read for a moment
+	stopped  bool               // guarded by mu
+	room     chan struct{}      // guarded by mu; closed and replaced when a connection ends
+	logLimit limiter            // guarded by mu
 }
 
-// NewServer returns a server; Serve runs it on a listener.
+// NewServer returns a server; Serve runs it.
 func NewServer(cfg ServerConfig) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	if cfg.MaxMessageBytes <= 0 {
 		cfg.MaxMessageBytes = 1 << 20
+	}
+	if cfg.MaxAnswerBytes <= 0 {
+		cfg.MaxAnswerBytes = DefaultMaxAnswerBytes(cfg.MaxMessageBytes)
+	}
+	total, perClient := DefaultPendingBytes(cfg.MaxMessageBytes)
+	if cfg.MaxClientPendingBytes <= 0 {
+		cfg.MaxClientPendingBytes = perClient
+	}
+	if cfg.MaxPendingBytes <= 0 {
+		cfg.MaxPendingBytes = max(total, cfg.MaxClientPendingBytes)
 	}
 	if cfg.MaxPerClient <= 0 {
 		cfg.MaxPerClient = 1
@@ -77,7 +169,9 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.FrameTimeout <= 0 {
 		cfg.FrameTimeout = 10 * time.Second
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, stopping: make(chan struct{}), conns: make(map[*conn]struct{})}
+	return &Server{cfg: cfg, log: cfg.Logger, stopping: make(chan struct{}), abandon: make(chan struct{}),
+		wake: make(chan struct{}), all: make(map[*conn]struct{}), perUID: make(map[uint32]int),
+		room: make(chan struct{}), logLimit: limiter{tokens: refusalBurst}}
 }
 
 // Serve accepts connections until StopReading. It returns nil after StopReading.
@@ -95,12 +189,13 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Unlock()
 	defer s.accept.Done()
 	for {
+		if !s.waitRoom() {
+			return nil
+		}
 		c, err := ln.Accept()
 		if err != nil {
-			select {
-			case <-s.stopping:
+			if s.isStopping() {
 				return nil
-			default:
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -108,17 +203,41 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
 				s.log.Error("accepting connection", "error", err)
-				time.Sleep(100 * time.Millisecond)
+				select {
+				case <-s.stopping:
+					return nil
+				case <-time.After(100 * time.Millisecond):
+				}
 				continue
 			}
 			return fmt.Errorf("accepting connection: %w", err)
 		}
-		s.start(c.(*net.UnixConn))
+		s.admit(c.(*net.UnixConn))
+	}
+}
+
+// waitRoom stops accepting while too many connections that clients closed are still being
+// cleaned up, so descriptors stay bounded. It reports false once StopReading is called.
+func (s *Server) waitRoom() bool {
+	for {
+		s.mu.Lock()
+		room := s.room
+		full := s.cfg.MaxConns > 0 && len(s.all) >= s.cfg.MaxConns+maxUnswept
+		s.mu.Unlock()
+		if !full {
+			return true
+		}
+		select {
+		case <-room:
+		case <-s.stopping:
+			return false
+		}
 	}
 }
 
 // StopReading closes the listener and stops reading requests. Every line already read still
-// gets its answer. It returns once no connection reads any more.
+// gets its answer. Once it returns, no message is handed to a relay any more; it does not wait
+// for a reader that waits for its client's answers to be written.
 func (s *Server) StopReading() {
 	s.mu.Lock()
 	if !s.stopped {
@@ -127,13 +246,15 @@ func (s *Server) StopReading() {
 		if s.ln != nil {
 			s.ln.Close()
 		}
-		for c := range s.conns {
+		for c := range s.all {
 			c.c.SetReadDeadline(time.Now())
 		}
 	}
 	s.mu.Unlock()
 	s.accept.Wait()
-	s.readers.Wait()
+	s.gate.Lock()
+	s.gateClosed = true
+	s.gate.Unlock()
 }
 
 func (s *Server) isStopping() bool {
@@ -146,13 +267,50 @@ func (s *Server) isStopping() bool {
 }
 
 // Wait returns once every connection has written its answers and closed.
-func (s *Server) Wait() { s.writers.Wait() }
+func (s *Server) Wait() { s.conns.Wait() }
 
-// Conns returns the number of open connections.
+// Shutdown waits, after StopReading, until every connection has written its answers and
+// closed, or until deadline. At the deadline it gives up on what is left: answers not yet
+// written are dropped and counted, and every connection is closed. It returns how many
+// answers it dropped.
+func (s *Server) Shutdown(deadline time.Time) int {
+	done := make(chan struct{})
+	go func() { s.conns.Wait(); close(done) }()
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-done:
+		return 0
+	case <-t.C:
+	}
+	before := s.dropped.Load()
+	close(s.abandon)
+	s.mu.Lock()
+	n := len(s.all)
+	for c := range s.all {
+		c.c.SetDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	// With every deadline past, writers fail at once and readers end; this is quick, but a
+	// stop must end, so it is bounded too.
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		s.log.Error("connections still open after the stop deadline", "conns", n)
+	}
+	return int(s.dropped.Load() - before)
+}
+
+// Conns returns the number of open connections counted against --max-conns.
 func (s *Server) Conns() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.conns)
+	return s.live
+}
+
+// Stats returns the server's counters. It is safe to call from any goroutine.
+func (s *Server) Stats() ServerStats {
+	return ServerStats{PendingBytes: s.held.Load(), Refused: s.refused.Load(), Answers: s.answers.Load(), AnswersDropped: s.dropped.Load()}
 }
 
 // conn is one client connection: a reader (this is where a message enters relayd) and a writer
@@ -160,6 +318,8 @@ func (s *Server) Conns() int {
 type conn struct {
 	s    *Server
 	c    *net.UnixConn
+	fd   int // c's descriptor, valid while c is in s.all
+	uid  uint32
 	name string
 	out  chan []byte
 	// slots holds a token for every message whose answer is not yet written; its capacity is
@@ -168,65 +328,126 @@ type conn struct {
 	// pending is 1 for the reader plus one per unanswered message; whoever takes it to zero
 	// closes out, which ends the writer.
 	pending atomic.Int64
+	// held is this connection's pending bytes: what its reader holds of unfinished lines,
+	// requests in flight, answers not yet written.
+	held    atomic.Int64
+	counted bool // guarded by s.mu; counted in s.live and s.perUID
 }
 
-func (s *Server) start(uc *net.UnixConn) {
-	id := s.nextID.Add(1)
-	c := &conn{s: s, c: uc, name: fmt.Sprintf("conn-%d", id),
-		out: make(chan []byte, s.cfg.MaxPerClient), slots: make(chan struct{}, s.cfg.MaxPerClient)}
-	c.pending.Store(1)
-	cred, credErr := peerCred(uc)
-	if credErr == nil {
-		c.name = fmt.Sprintf("conn-%d(pid=%d,uid=%d)", id, cred.Pid, cred.Uid)
+// admit checks a new connection's credentials and the connection bounds before anything is
+// allocated for it, then starts its reader and writer, or refuses it.
+func (s *Server) admit(uc *net.UnixConn) {
+	fd := -1
+	cred, credErr := peerCred(uc, &fd)
+	if credErr != nil {
+		s.refuse(uc, "reading peer credentials", ipc.Errorf(ipc.CodeInternal, "reading peer credentials: %v", credErr), nil)
+		return
 	}
-
+	if s.cfg.Authorize != nil {
+		if err := s.cfg.Authorize(cred); err != nil {
+			s.refuse(uc, "not allowed", ipc.Errorf(ipc.CodeForbidden, "%v", err),
+				[]any{"uid", cred.Uid, "gid", cred.Gid, "pid", cred.Pid, "error", err})
+			return
+		}
+	}
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
 		uc.Close()
 		return
 	}
-	tooMany := s.cfg.MaxConns > 0 && len(s.conns) >= s.cfg.MaxConns
-	s.conns[c] = struct{}{}
-	s.readers.Add(1)
-	s.writers.Add(1)
+	overAll := s.cfg.MaxConns > 0 && s.live >= s.cfg.MaxConns
+	overUID := s.cfg.MaxConnsPerUID > 0 && s.perUID[cred.Uid] >= s.cfg.MaxConnsPerUID
+	if overAll || overUID {
+		// Clients that closed their connections must not count: a client that connects and
+		// closes in a loop, one at a time, is never refused.
+		s.sweep()
+		overAll = s.cfg.MaxConns > 0 && s.live >= s.cfg.MaxConns
+		overUID = s.cfg.MaxConnsPerUID > 0 && s.perUID[cred.Uid] >= s.cfg.MaxConnsPerUID
+	}
+	if overAll || overUID {
+		s.mu.Unlock()
+		if overAll {
+			s.refuse(uc, "too many connections", ipc.Errorf(ipc.CodeBusy, "too many connections (at most %d)", s.cfg.MaxConns),
+				[]any{"max_conns", s.cfg.MaxConns, "uid", cred.Uid, "pid", cred.Pid})
+		} else {
+			s.refuse(uc, "too many connections of one uid", ipc.Errorf(ipc.CodeBusy, "too many connections of uid %d (at most %d)", cred.Uid, s.cfg.MaxConnsPerUID),
+				[]any{"max_conns_per_uid", s.cfg.MaxConnsPerUID, "uid", cred.Uid, "pid", cred.Pid})
+		}
+		return
+	}
+	id := s.nextID.Add(1)
+	c := &conn{s: s, c: uc, fd: fd, uid: cred.Uid, name: fmt.Sprintf("conn-%d(pid=%d,uid=%d)", id, cred.Pid, cred.Uid),
+		out: make(chan []byte, s.cfg.MaxPerClient), slots: make(chan struct{}, s.cfg.MaxPerClient), counted: true}
+	c.pending.Store(1)
+	s.all[c] = struct{}{}
+	s.live++
+	s.perUID[cred.Uid]++
+	s.conns.Add(2)
 	s.mu.Unlock()
 
 	go c.writer()
-	var refuse *ipc.Error
-	switch {
-	case credErr != nil:
-		refuse = ipc.Errorf(ipc.CodeInternal, "reading peer credentials: %v", credErr)
-	case s.cfg.Authorize != nil:
-		if err := s.cfg.Authorize(cred); err != nil {
-			s.log.Warn("connection refused", "uid", cred.Uid, "gid", cred.Gid, "pid", cred.Pid, "error", err)
-			refuse = ipc.Errorf(ipc.CodeForbidden, "%v", err)
-		}
-	}
-	if refuse == nil && tooMany {
-		s.log.Warn("connection refused: too many connections", "max_conns", s.cfg.MaxConns)
-		refuse = ipc.Errorf(ipc.CodeBusy, "too many connections (at most %d)", s.cfg.MaxConns)
-	}
 	go func() {
-		defer s.readers.Done()
-		if refuse != nil {
-			c.refuse(refuse)
-		} else {
-			c.read()
-		}
+		defer s.conns.Done()
+		c.read()
 		c.release()
 	}()
 }
 
-func peerCred(uc *net.UnixConn) (unix.Ucred, error) {
+// sweep stops counting connections whose clients have closed them (POLLHUP on the socket)
+// although relayd has not cleaned them up yet. One poll(2) over every connection, only when a
+// bound is reached.
+func (s *Server) sweep() {
+	var cs []*conn
+	for c := range s.all {
+		if c.counted {
+			cs = append(cs, c)
+		}
+	}
+	for _, c := range hungUp(cs) {
+		c.counted = false
+		s.live--
+		s.uncountUID(c.uid)
+	}
+}
+
+func (s *Server) uncountUID(uid uint32) {
+	if s.perUID[uid]--; s.perUID[uid] <= 0 {
+		delete(s.perUID, uid)
+	}
+}
+
+// hungUp returns the connections whose peers have closed them. The descriptors are valid: the
+// caller holds s.mu, and a connection is closed only after it leaves s.all under s.mu.
+func hungUp(cs []*conn) []*conn {
+	fds := make([]unix.PollFd, len(cs))
+	for i, c := range cs {
+		fds[i] = unix.PollFd{Fd: int32(c.fd), Events: unix.POLLRDHUP}
+	}
+	if _, err := unix.Poll(fds, 0); err != nil {
+		return nil
+	}
+	var out []*conn
+	for i, f := range fds {
+		// POLLHUP: both directions are shut, so the client closed its end. A client that
+		// only shut its writing side (POLLRDHUP) still waits for answers and counts.
+		if f.Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
+			out = append(out, cs[i])
+		}
+	}
+	return out
+}
+
+func peerCred(uc *net.UnixConn, fd *int) (unix.Ucred, error) {
 	raw, err := uc.SyscallConn()
 	if err != nil {
 		return unix.Ucred{}, err
 	}
 	var cred *unix.Ucred
 	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err := raw.Control(func(f uintptr) {
+		*fd = int(f)
+		cred, credErr = unix.GetsockoptUcred(int(f), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil {
 		return unix.Ucred{}, err
 	}
@@ -236,26 +457,88 @@ func peerCred(uc *net.UnixConn) (unix.Ucred, error) {
 	return *cred, nil
 }
 
-// refuse answers a connection that may not talk to relayd with one error and closes it. It
-// reads what the client sends for a moment first, so that the client's first request is
-// written without error and the client reads the refusal rather than a broken pipe.
-func (c *conn) refuse(err *ipc.Error) {
-	c.slots <- struct{}{}
-	c.pending.Add(1)
-	r := ipc.ErrorReply(nil, err)
-	c.observe("", "", r, time.Now())
-	c.deliver(r)
-	c.c.SetReadDeadline(time.Now().Add(time.Second))
-	io.Copy(io.Discard, io.LimitReader(c.c, 64<<10))
+// refuse answers a connection that may not talk to relayd with one error and closes it. Up to
+// maxRefusing refusals at a time read what the client sends for a moment first, so that the
+// client's first request is written without error and it reads the refusal rather than a
+// broken pipe; beyond that, the refusal is written and the connection closed at once, so that
+// a flood of connections cannot hold descriptors. Refusals are logged at a bounded rate.
+func (s *Server) refuse(uc *net.UnixConn, why string, e *ipc.Error, fields []any) {
+	s.refused.Add(1)
+	if o := s.cfg.Observer; o != nil {
+		o.Answered("", "", e.Code, 0)
+	}
+	s.mu.Lock()
+	if n, ok := s.logLimit.allow(time.Now()); ok {
+		if n > 0 {
+			fields = append(fields, "suppressed", n)
+		}
+		s.log.Warn("connection refused: "+why, fields...)
+	}
+	linger := s.refusing < maxRefusing && !s.stopped
+	if linger {
+		s.refusing++
+		s.conns.Add(1)
+	}
+	s.mu.Unlock()
+	b, _ := ipc.AppendFrame(nil, ipc.ErrorReply(nil, e))
+	// A new socket's send buffer is empty: this short write does not wait.
+	uc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	uc.Write(b)
+	if !linger {
+		uc.Close()
+		return
+	}
+	go func() {
+		defer s.conns.Done()
+		uc.SetReadDeadline(time.Now().Add(refuseLinger))
+		io.Copy(io.Discard, io.LimitReader(uc, 64<<10))
+		uc.Close()
+		s.mu.Lock()
+		s.refusing--
+		s.mu.Unlock()
+	}()
+}
+
+// Refusal logging: a burst, then a few lines a second, with the count of those suppressed.
+const (
+	refusalBurst = 10
+	refusalRate  = 1
+)
+
+// limiter is a token bucket for log lines that counts what it suppresses.
+type limiter struct {
+	tokens     float64
+	last       time.Time
+	suppressed int
+}
+
+// allow reports whether a line may be logged now and, if so, how many were suppressed since
+// the last one.
+func (l *limiter) allow(now time.Time) (int, bool) {
+	if !l.last.IsZero() {
+		l.tokens = min(refusalBurst, l.tokens+now.Sub(l.last).Seconds()*refusalRate)
+	}
+	l.last = now
+	if l.tokens < 1 {
+		l.suppressed++
+		return 0, false
+	}
+	l.tokens--
+	n := l.suppressed
+	l.suppressed = 0
+	return n, true
 }
 
 // read is the connection's reader: one request line at a time, decoded and routed by name.
 func (c *conn) read() {
 	fr := &frameReader{c: c}
-	lr := ipc.NewLineReader(fr, c.s.cfg.MaxMessageBytes)
+	lr := ipc.NewLineReaderSize(fr, c.s.cfg.MaxMessageBytes, readBufBytes)
+	fr.lr = lr
+	defer fr.settle(0, true)
 	for {
 		line, err := lr.ReadLine()
 		if fr.expired {
+			fr.settle(0, false)
 			c.answerNow(nil, "", ipc.Errorf(ipc.CodeBadRequest, "request line still incomplete after %s; closing", c.s.cfg.FrameTimeout))
 			return
 		}
@@ -264,28 +547,36 @@ func (c *conn) read() {
 			return
 		}
 		if errors.Is(err, ipc.ErrTooLarge) {
+			fr.settle(0, false)
 			c.answerNow(ipc.SniffID(lr.Head()), "", ipc.Errorf(ipc.CodeTooLarge, "request is longer than %d bytes", c.s.cfg.MaxMessageBytes))
 			continue
 		}
 		if err != nil {
 			return
 		}
+		fr.settle(len(line), false)
 		if len(trimSpace(line)) == 0 {
+			fr.settle(0, false)
 			continue
 		}
 		req, perr := ipc.DecodeRequest(line)
 		if perr != nil {
+			fr.settle(0, false)
 			c.answerNow(req.ID, req.Topic, perr)
 			continue
 		}
-		select {
-		case <-c.s.stopping:
+		// The line's bytes now belong to the message until it is answered.
+		charge := int64(len(line))
+		fr.settle(0, false)
+		c.charge(charge)
+		if c.s.isStopping() {
+			c.uncharge(charge)
 			c.answerNow(req.ID, req.Topic, ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down"))
 			continue
-		default:
 		}
 		inbox, ok := c.s.cfg.Lookup(req.To)
 		if !ok {
+			c.uncharge(charge)
 			c.answerNow(req.ID, req.Topic, ipc.Errorf(ipc.CodeUnknownName, "no process is registered as %q", req.To))
 			continue
 		}
@@ -294,9 +585,22 @@ func (c *conn) read() {
 		fr.pause(time.Since(waitStart))
 		c.pending.Add(1)
 		m := NewMessage(req, c.name, nil)
-		m.reply = func(r ipc.Reply) { c.observe(req.To, req.Topic, r, m.Accepted); c.deliver(r) }
-		inbox <- m
+		m.reply = func(r ipc.Reply) { c.observe(req.To, req.Topic, r, m.Accepted); c.deliver(r, charge) }
+		if !c.s.enter(inbox, m) {
+			m.Fail(ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down"))
+		}
 	}
+}
+
+// enter hands m to inbox unless StopReading has closed the gate.
+func (s *Server) enter(inbox chan<- *Message, m *Message) bool {
+	s.gate.RLock()
+	defer s.gate.RUnlock()
+	if s.gateClosed {
+		return false
+	}
+	inbox <- m
+	return true
 }
 
 func (c *conn) observe(service, topic string, r ipc.Reply, accepted time.Time) {
@@ -309,21 +613,104 @@ func (c *conn) observe(service, topic string, r ipc.Reply, accepted time.Time) {
 	}
 }
 
+// charge counts n more pending bytes for this connection and in total; uncharge counts them
+// off and wakes readers waiting for bytes to drain.
+func (c *conn) charge(n int64) {
+	c.held.Add(n)
+	c.s.held.Add(n)
+}
+
+func (c *conn) uncharge(n int64) {
+	if n == 0 {
+		return
+	}
+	c.charge(-n)
+	s := c.s
+	if s.waiting.Load() > 0 {
+		s.wakeMu.Lock()
+		close(s.wake)
+		s.wake = make(chan struct{})
+		s.wakeMu.Unlock()
+	}
+}
+
+// overBudget reports whether this connection may not read more now.
+func (c *conn) overBudget() bool {
+	return c.held.Load() >= c.s.cfg.MaxClientPendingBytes || c.s.held.Load() >= c.s.cfg.MaxPendingBytes
+}
+
+// errStopped ends a read that waited for pending bytes when relayd stops.
+var errStopped = errors.New("relay is stopping")
+
+// waitBudget waits until this connection may read more: until its own pending bytes and all
+// connections' together are under their bounds. That is the back-pressure: while it waits,
+// the kernel's socket buffer holds what the client sends. A partial line's deadline still runs.
+func (c *conn) waitBudget(fr *frameReader) error {
+	if !c.overBudget() {
+		return nil
+	}
+	s := c.s
+	s.waiting.Add(1)
+	defer s.waiting.Add(-1)
+	for {
+		s.wakeMu.Lock()
+		wake := s.wake
+		s.wakeMu.Unlock()
+		if !c.overBudget() {
+			return nil
+		}
+		var expire <-chan time.Time
+		if fr.partial {
+			t := time.NewTimer(time.Until(fr.lineDeadline))
+			expire = t.C
+			defer t.Stop() // At most once: the partial line cannot change while waiting.
+		}
+		select {
+		case <-wake:
+		case <-s.stopping:
+			return errStopped
+		case <-expire:
+			fr.expired = true
+			return os.ErrDeadlineExceeded
+		}
+	}
+}
+
 // frameReader reads from the connection under two deadlines. While a request line is half
 // received, the line must be complete by FrameTimeout after its first byte was read, however
 // slowly the rest trickles in: the deadline is set once per line, never pushed forward by a
 // read. Between lines, with no partial line, IdleTimeout (if set) closes a connection that has
-// nothing in flight either.
+// nothing in flight either. It also counts what the reader holds against the pending bytes.
 type frameReader struct {
 	c            *conn
+	lr           *ipc.LineReader
+	held         int64     // bytes read that the line reader holds (partial lines, buffered)
 	partial      bool      // the last byte read was not a newline
 	lineDeadline time.Time // when the partial line must be complete
 	expired      bool      // a half-received line hit FrameTimeout
 	idle         bool      // the connection had nothing to do for IdleTimeout
 }
 
+// settle recounts what the reader holds after a line was read: what is buffered, plus keep
+// bytes of the line still in use. With final, everything is counted off.
+func (r *frameReader) settle(keep int, final bool) {
+	now := int64(keep + r.lr.Buffered())
+	if final {
+		now = 0
+	}
+	if d := now - r.held; d > 0 {
+		r.c.charge(d)
+	} else {
+		r.c.uncharge(-d)
+	}
+	r.held = now
+}
+
 func (r *frameReader) Read(p []byte) (int, error) {
 	for {
+		if err := r.c.waitBudget(r); err != nil {
+			return 0, err
+		}
 		var deadline time.Time
 		switch {
 		case r.partial:
@@ -334,13 +721,13 @@ func (r *frameReader) Read(p []byte) (int, error) {
 		r.c.c.SetReadDeadline(deadline)
 		// StopReading closes stopping before it sets every deadline to now; checking after
 		// setting ours means it cannot be overwritten.
-		select {
-		case <-r.c.s.stopping:
+		if r.c.s.isStopping() {
 			r.c.c.SetReadDeadline(time.Now())
-		default:
 		}
 		n, err := r.c.c.Read(p)
 		if n > 0 {
+			r.c.charge(int64(n))
+			r.held += int64(n)
 			// A line starts in this read if the read before ended a line, or if this one
 			// holds a newline and more after it.
 			if !r.partial || bytes.IndexByte(p[:n-1], '\n') >= 0 {
@@ -381,15 +768,24 @@ func (c *conn) answerNow(id []byte, topic string, err *ipc.Error) {
 	c.pending.Add(1)
 	r := ipc.ErrorReply(id, err)
 	c.observe("", topic, r, time.Now())
-	c.deliver(r)
+	c.deliver(r, 0)
 }
 
-// deliver queues an answer for the writer. It never blocks: the caller holds a slot.
-func (c *conn) deliver(r ipc.Reply) {
+// deliver queues an answer for the writer, counting its bytes instead of the request's. It
+// never blocks: the caller holds a slot. An answer longer than MaxAnswerBytes is replaced by
+// too_large, so no worker can make relayd hold more.
+func (c *conn) deliver(r ipc.Reply, request int64) {
 	b, err := ipc.AppendFrame(nil, r)
 	if err != nil {
 		b, _ = ipc.AppendFrame(nil, ipc.ErrorReply(r.ID, ipc.Errorf(ipc.CodeInternal, "encoding answer: %v", err)))
 	}
+	if len(b) > c.s.cfg.MaxAnswerBytes {
+		n := len(b)
+		b, _ = ipc.AppendFrame(nil, ipc.ErrorReply(r.ID, ipc.Errorf(ipc.CodeTooLarge, "answer is %d bytes, longer than the %d allowed", n, c.s.cfg.MaxAnswerBytes)))
+	}
+	c.charge(int64(len(b)))
+	c.uncharge(request)
+	c.s.answers.Add(1)
 	c.out <- b
 	c.release()
 }
@@ -403,33 +799,73 @@ func (c *conn) release() {
 // writer writes answers as they come, batching what is queued into one write. After a write
 // fails it discards the rest: a client that went away loses its answers, nothing else.
 func (c *conn) writer() {
-	defer c.s.writers.Done()
+	s := c.s
+	defer s.conns.Done()
 	defer func() {
-		c.s.mu.Lock()
-		delete(c.s.conns, c)
-		c.s.mu.Unlock()
-		c.c.Close()
+		s.mu.Lock()
+		delete(s.all, c)
+		if c.counted {
+			s.live--
+			s.uncountUID(c.uid)
+		}
+		close(s.room)
+		s.room = make(chan struct{})
+		s.mu.Unlock()
+		c.closeGently()
 	}()
-	bw := bufio.NewWriterSize(c.c, 16<<10)
+	bw := bufio.NewWriterSize(c.c, writeBufBytes)
 	broken := false
+	// Answers handed to bw but not yet wholly written, by where each ends in the stream: the
+	// ones counted as dropped if a write fails.
+	var handed int64
+	var ends []int64
 	for b := range c.out {
 		<-c.slots
 		if broken {
+			s.dropped.Add(1)
+			c.uncharge(int64(len(b)))
 			continue
 		}
-		c.c.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+		c.c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		// Shutdown sets every deadline to now once it gives up on unwritten answers; checking
+		// after setting ours means it cannot be overwritten.
+		select {
+		case <-s.abandon:
+			c.c.SetWriteDeadline(time.Now())
+		default:
+		}
+		handed += int64(len(b))
+		ends = append(ends, handed)
 		_, err := bw.Write(b)
 		if err == nil && len(c.out) == 0 {
 			err = bw.Flush()
 		}
+		c.uncharge(int64(len(b)))
+		written := handed - int64(bw.Buffered())
+		for len(ends) > 0 && ends[0] <= written && err == nil {
+			ends = ends[1:]
+		}
 		if err != nil {
 			broken = true
-			c.s.log.Debug("client gone; dropping its answers", "conn", c.name, "error", err)
+			s.dropped.Add(uint64(len(ends)))
+			s.log.Debug("client gone; dropping its answers", "conn", c.name, "error", err)
 		}
 	}
-	if !broken {
-		bw.Flush()
+	if !broken && bw.Flush() != nil {
+		s.dropped.Add(uint64(len(ends)))
 	}
+}
+
+// closeGently closes the connection so that the client can read every answer written to it.
+// Closing a Unix socket with unread bytes in it makes the kernel report ECONNRESET to the
+// peer, which may then lose answers still queued for it; so reading is shut first (the
+// client's further writes fail) and what is left unread is discarded, briefly and boundedly.
+func (c *conn) closeGently() {
+	if c.c.CloseRead() == nil {
+		c.c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		io.Copy(io.Discard, io.LimitReader(c.c, 4<<20))
+	}
+	c.c.Close()
 }
 
 func trimSpace(b []byte) []byte {

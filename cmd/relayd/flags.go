@@ -52,6 +52,14 @@ type config struct {
 	cpuProfile      string
 	sandboxModeText string
 	sandboxMode     sandbox.Mode
+
+	// The connection bounds: per uid, the pending-byte budgets and the answer cap, as given
+	// and as derived.
+	maxConnsPerUID                                   int
+	maxPendingText, maxClientPendText, maxAnswerText string
+	maxPending, maxClientPend                        int64
+	maxAnswerBytes                                   int
+
 	// services are the services to serve, relay first, then in the order of the config file
 	// and of --service.
 	services []*serviceConfig
@@ -194,8 +202,14 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 			return nil, fmt.Errorf("%s must be at least 1", c.name)
 		}
 	}
-	if cfg.maxConns < 0 {
-		return nil, cli.Usagef("--max-conns must not be negative, not %d", cfg.maxConns)
+	if cfg.maxConns < 0 || cfg.maxConnsPerUID < 0 {
+		return nil, cli.Usagef("--max-conns and --max-conns-per-uid must not be negative")
+	}
+	if !fs.Changed("max-conns-per-uid") {
+		cfg.maxConnsPerUID = max(1, cfg.maxConns/2)
+	}
+	if err := byteBounds(cfg); err != nil {
+		return nil, cli.Usagef("%v", err)
 	}
 	for _, d := range []struct {
 		name string
@@ -223,6 +237,42 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// byteBounds sets the pending-byte budgets and the answer cap from their flags, deriving what
+// is not given from --max-message-bytes, and checks that a request of the longest size fits.
+func byteBounds(cfg *config) error {
+	defTotal, defClient := relay.DefaultPendingBytes(cfg.maxMessageBytes)
+	parse := func(flag, v string, def int64) (int64, error) {
+		if v == "" {
+			return def, nil
+		}
+		n, err := parseBytes(v)
+		if err != nil || n == supervisor.Unlimited || n > 1<<40 {
+			return 0, fmt.Errorf("%s %q: want a size such as 64MiB", flag, v)
+		}
+		return int64(n), nil
+	}
+	var err error
+	if cfg.maxClientPend, err = parse("--max-client-pending-bytes", cfg.maxClientPendText, defClient); err != nil {
+		return err
+	}
+	if cfg.maxPending, err = parse("--max-pending-bytes", cfg.maxPendingText, max(defTotal, cfg.maxClientPend)); err != nil {
+		return err
+	}
+	a, err := parse("--max-answer-bytes", cfg.maxAnswerText, int64(relay.DefaultMaxAnswerBytes(cfg.maxMessageBytes)))
+	if err != nil {
+		return err
+	}
+	cfg.maxAnswerBytes = int(a)
+	// A whole request line and a read buffer must fit, or a connection could wait forever.
+	if need := int64(cfg.maxMessageBytes) + 64<<10; cfg.maxClientPend < need || cfg.maxPending < cfg.maxClientPend {
+		return fmt.Errorf("--max-client-pending-bytes must be at least --max-message-bytes + 64KiB (%d), and --max-pending-bytes at least that", need)
+	}
+	if cfg.maxAnswerBytes < 1024 {
+		return fmt.Errorf("--max-answer-bytes must be at least 1KiB")
+	}
+	return nil
 }
 
 // finish checks a service's settings and derives its worker environment, limits and

@@ -176,7 +176,7 @@ func (e *metricsEndpoint) serve(services func() []metrics.ServiceStats, srv *rel
 		return
 	}
 	// Only fails if called twice, which run does not.
-	if err := e.m.Watch(metrics.Source{Services: services, Conns: srv.Conns}); err != nil {
+	if err := e.m.Watch(metrics.Source{Services: services, Conns: srv.Conns, Server: srv.Stats}); err != nil {
 		e.log.Error("registering the relay's gauges", "error", err)
 	}
 	mux := http.NewServeMux()

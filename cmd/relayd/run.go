@@ -49,6 +49,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	// Descriptors inherited from whoever started relayd must not reach the workers.
 	closeOnExecInherited()
+	nofile := raiseNofile()
 	if cfg.cpuProfile != "" {
 		stopProfile, err := startCPUProfile(cfg.cpuProfile)
 		if err != nil {
@@ -75,6 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return err
 	}
 	defer mx.close()
+	fitConns(cfg, nofile, log)
 
 	ln, err := listen(cfg, log)
 	if err != nil {
@@ -94,15 +96,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		}
 	}
 	srv := relay.NewServer(relay.ServerConfig{
-		Lookup:          ss.names.Lookup,
-		MaxMessageBytes: cfg.maxMessageBytes,
-		MaxPerClient:    cfg.maxPerClient,
-		MaxConns:        cfg.maxConns,
-		FrameTimeout:    cfg.frameTimeout,
-		IdleTimeout:     cfg.idleTimeout,
-		Authorize:       cfg.authorize,
-		Observer:        mx.observer(),
-		Logger:          log,
+		Lookup:                ss.names.Lookup,
+		MaxMessageBytes:       cfg.maxMessageBytes,
+		MaxPerClient:          cfg.maxPerClient,
+		MaxConns:              cfg.maxConns,
+		MaxConnsPerUID:        cfg.maxConnsPerUID,
+		MaxPendingBytes:       cfg.maxPending,
+		MaxClientPendingBytes: cfg.maxClientPend,
+		MaxAnswerBytes:        cfg.maxAnswerBytes,
+		FrameTimeout:          cfg.frameTimeout,
+		IdleTimeout:           cfg.idleTimeout,
+		Authorize:             cfg.authorize,
+		Observer:              mx.observer(),
+		Logger:                log,
 	})
 	mx.serve(ss.stats, srv)
 	node, err := startNATS(ctx, cfg, log, ss, mx.observer())
@@ -134,7 +140,12 @@ wait:
 		}
 	}
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
-	log.Info("shutting down", "in_flight", ss.inFlight())
+	// The stop is bounded whatever clients do: the drain may take --shutdown-timeout, workers
+	// stopped then get --kill-grace, and answers get stopMargin more to be written. What is
+	// still unwritten after that is dropped, and relayd exits.
+	stopAt := time.Now()
+	stopBound := stopBound(cfg)
+	log.Info("shutting down", "in_flight", ss.inFlight(), "within", (stopBound + stopMargin).String())
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -155,16 +166,31 @@ wait:
 	if serveErr == nil {
 		serveErr = <-serveDone
 	}
-	ss.stopAll()
+	// The relays stop their workers at --shutdown-timeout and kill them --kill-grace later, so
+	// they are done by then; if one is not, every worker is killed at once.
+	stopped := make(chan struct{})
+	go func() { ss.stopAll(); close(stopped) }()
+	relayBound := time.NewTimer(time.Until(stopAt.Add(stopBound + stopMargin/2)))
+	select {
+	case <-stopped:
+	case <-relayBound.C:
+		log.Error("relays still running at their stop bound: killing every worker now")
+		cancelHard()
+		<-stopped
+	}
+	relayBound.Stop()
 	cancelHard()
-	srv.Wait()
+	if n := srv.Shutdown(stopAt.Add(stopBound + stopMargin)); n > 0 {
+		log.Warn("stop deadline reached: answers not yet read by their clients were dropped", "dropped", n)
+	}
 	if node != nil {
 		node.Close()
 	}
 	if err := ss.closeHosts(); err != nil {
 		return err
 	}
-	log.Info("relay stopped")
+	st := srv.Stats()
+	log.Info("relay stopped", "answers", st.Answers, "answers_dropped", st.AnswersDropped)
 	return serveErr
 }
 
@@ -281,6 +307,62 @@ func relaySettings(c *config, s *serviceConfig) relay.Settings {
 // workerSpec is what a service's host may change about the workers it starts.
 func workerSpec(s *serviceConfig) supervisor.WorkerSpec {
 	return supervisor.WorkerSpec{Args: s.workerArgs, Env: s.env, Limits: s.limits, KillGrace: s.killGrace}
+}
+
+// stopMargin is what the stop may take beyond --shutdown-timeout + --kill-grace: time for
+// answers to be written after the last worker ended. Shutdown's own last second and exiting
+// fit in the 3 s the documentation promises.
+const stopMargin = 1500 * time.Millisecond
+
+// stopBound is the longest drain and kill of any service: its shutdown timeout plus its kill
+// grace.
+func stopBound(cfg *config) time.Duration {
+	var d time.Duration
+	for _, s := range cfg.services {
+		st := relaySettings(cfg, s)
+		d = max(d, st.ShutdownTimeout+st.KillGrace)
+	}
+	return d
+}
+
+// raiseNofile raises relayd's soft open-file limit to the hard limit (Go does this at start as
+// well; doing it here states it) and returns the limit in force.
+func raiseNofile() uint64 {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	if lim.Cur < lim.Max {
+		raised := unix.Rlimit{Cur: lim.Max, Max: lim.Max}
+		if unix.Setrlimit(unix.RLIMIT_NOFILE, &raised) == nil {
+			lim = raised
+		}
+	}
+	return lim.Cur
+}
+
+// fitConns lowers --max-conns so that connections, workers' pipes and relayd's own
+// descriptors fit under the open-file limit: running out of descriptors would fail forks and
+// accepts alike.
+func fitConns(cfg *config, nofile uint64, log hclog.Logger) {
+	if nofile == 0 || nofile == unix.RLIM_INFINITY {
+		return
+	}
+	workers := 0
+	for _, s := range cfg.services {
+		workers += relaySettings(cfg, s).MaxWorkers
+	}
+	reserve := uint64(relay.FixedDescriptors + relay.DescriptorsPerWorker*workers)
+	room := 1
+	if nofile > reserve {
+		room = int(nofile - reserve)
+	}
+	if cfg.maxConns == 0 || cfg.maxConns > room {
+		log.Warn("lowering --max-conns to fit the open-file limit", "max_conns", room, "was", cfg.maxConns,
+			"nofile", nofile, "reserved", reserve)
+		cfg.maxConns = room
+		cfg.maxConnsPerUID = min(cfg.maxConnsPerUID, room)
+	}
 }
 
 func watchdogInterval() time.Duration {

@@ -68,7 +68,10 @@ func (ss *services) start(c *config, s *serviceConfig) error {
 		Spares:      s.spares,
 		MaxRequests: s.maxRequests,
 		MaxIdle:     max(8, s.spares),
-		Logger:      log.Named("worker"),
+		// A reply line may be a little longer than the answer it becomes too_large at, so
+		// that a long answer is too_large rather than a failed worker.
+		MaxLineBytes: c.maxAnswerBytes + 64<<10,
+		Logger:       log.Named("worker"),
 	}
 	if s.transport != "stdio" {
 		opts.Transport = &pluginhost.Transport{

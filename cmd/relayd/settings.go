@@ -86,7 +86,10 @@ var settings = []setting{
 		fs.StringArrayVar(&c.allowGIDs, "allow-gid", nil, "also let peers with this primary `gid` connect (repeatable)")
 	}},
 	{name: "max-conns", global: func(fs *pflag.FlagSet, c *config) {
-		fs.IntVar(&c.maxConns, "max-conns", 256, "most client connections open at once; more are answered busy and closed")
+		fs.IntVar(&c.maxConns, "max-conns", 256, "most client connections open at once; more are answered busy and closed (lowered to fit the open-file limit)")
+	}},
+	{name: "max-conns-per-uid", global: func(fs *pflag.FlagSet, c *config) {
+		fs.IntVar(&c.maxConnsPerUID, "max-conns-per-uid", 128, "most connections of one peer uid, so one local user cannot lock out the others (half of --max-conns unless set; 0: no bound of its own)")
 	}},
 	{name: "frame-timeout", global: func(fs *pflag.FlagSet, c *config) {
 		fs.DurationVar(&c.frameTimeout, "frame-timeout", 10*time.Second, "deadline from a request line's first byte to its newline, however slowly it comes; past it the connection is closed")
@@ -149,10 +152,19 @@ var settings = []setting{
 		fs.DurationVar(&c.slowThreshold, "slow-threshold", time.Second, "log every message answered later than this, with where the time went (0 turns it off)")
 	}},
 	{name: "shutdown-timeout", applied: toRelay, global: func(fs *pflag.FlagSet, c *config) {
-		fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running workers may finish after SIGTERM")
+		fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running workers may finish after SIGTERM; relayd exits within this + --kill-grace + 3s whatever clients do")
 	}},
 	{name: "max-message-bytes", global: func(fs *pflag.FlagSet, c *config) {
 		fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 1<<20, "longest request line; longer ones are answered too_large")
+	}},
+	{name: "max-pending-bytes", global: func(fs *pflag.FlagSet, c *config) {
+		fs.StringVar(&c.maxPendingText, "max-pending-bytes", "", "most `bytes` held for all clients together: requests read and not answered, answers not written; past it connections are not read until bytes drain (default 8 x --max-message-bytes)")
+	}},
+	{name: "max-client-pending-bytes", global: func(fs *pflag.FlagSet, c *config) {
+		fs.StringVar(&c.maxClientPendText, "max-client-pending-bytes", "", "the same bound for one connection (default 2 x --max-message-bytes + 64KiB)")
+	}},
+	{name: "max-answer-bytes", global: func(fs *pflag.FlagSet, c *config) {
+		fs.StringVar(&c.maxAnswerText, "max-answer-bytes", "", "longest answer; a longer one is answered too_large (default 2 x --max-message-bytes + 4KiB)")
 	}},
 	{name: "worker-rlimit-cpu", scope: perService, applied: toHost, service: func(fs *pflag.FlagSet, s *serviceConfig) {
 		fs.DurationVar(&s.rlimitCPU, "worker-rlimit-cpu", 30*time.Second, "CPU time limit of a worker (RLIMIT_CPU, 3x the message timeout; 0 for none)")
