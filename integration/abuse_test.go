@@ -16,10 +16,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 
 	"relayd/ipc"
 )
@@ -496,4 +500,205 @@ func TestAbuseSlowReader(t *testing.T) {
 	if !strings.Contains(r.log.String(), "stop deadline reached") {
 		t.Errorf("no log line for the answers dropped at the stop; log:\n%s", r.log)
 	}
+}
+
+// TestAbuseHalfLines: many clients each send most of a long request line, then trickle a
+// byte every 100ms and never finish it. relayd reads only as much as its pending bytes allow,
+// so its RSS stays bounded; each line it reads is cut at --frame-timeout after its first byte;
+// a SIGTERM in the middle ends within the stop bound.
+func TestAbuseHalfLines(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	const frame = time.Second
+	r := startRelaydBin(t, plainRelayd, sock, append(abuseFlags, "--max-message-bytes=262144", "--frame-timeout="+frame.String())...)
+	pid := r.cmd.Process.Pid
+	ask(t, sock, "warm")
+	idle, idleFDs := vmRSS(t, pid), fdCount(pid)
+	stop := make(chan struct{})
+	peak := peakRSS(t, pid, stop)
+	const clients, size = 64, 240 << 10
+	start := time.Now()
+	cut := make(chan time.Duration, clients)
+	done := make(chan struct{})
+	for range clients {
+		c := dialRaw(t, sock)
+		go func() {
+			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			line := echoLine(1, 'h', size)
+			if _, err := c.Write(line[:len(line)-10]); err != nil {
+				return
+			}
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				if _, err := c.Write([]byte("h")); err != nil {
+					return
+				}
+			}
+		}()
+		go func() {
+			answers, err := readAnswers(t, c, 2, 10*time.Second)
+			if len(answers) == 1 && answers[0].Error != nil && strings.Contains(answers[0].Error.Message, "still incomplete") && errors.Is(err, io.EOF) {
+				cut <- time.Since(start)
+			}
+		}()
+	}
+	defer close(done)
+	// The first lines relayd reads are cut at the frame deadline, however the bytes trickle.
+	var first time.Duration
+	select {
+	case first = <-cut:
+	case <-time.After(frame + 5*time.Second):
+		t.Fatalf("no half line cut within %s of --frame-timeout=%s", frame+5*time.Second, frame)
+	}
+	fds := fdCount(pid)
+	took := r.stopWithin(t)
+	close(stop)
+	grew := <-peak - idle
+	t.Logf("first line cut after %s; RSS grew by %.1f MiB (idle %.1f MiB); %d fds (idle %d); stop took %s",
+		first.Round(time.Millisecond), float64(grew)/mib, float64(idle)/mib, fds, idleFDs, took.Round(time.Millisecond))
+	const memBound = 16 * mib // the 64 MiB of the defaults, scaled like --max-message-bytes
+	if grew > memBound {
+		t.Errorf("relayd's RSS grew by %.1f MiB, over the bound of %d MiB", float64(grew)/mib, memBound/mib)
+	}
+	if fds > idleFDs+clients+8 {
+		t.Errorf("relayd had %d fds open with %d clients (idle %d)", fds, clients, idleFDs)
+	}
+}
+
+// TestAbuseConnFlood: with an open-file limit of 192, hundreds of connections that never send
+// anything arrive while a well-behaved client, connected before, sends its messages one by
+// one. relayd's descriptors must stay within --max-conns plus a fixed number (plus the
+// workers' pipes), every message of the well-behaved client gets its reply, and a SIGTERM in
+// the flood ends within the stop bound.
+func TestAbuseConnFlood(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	const maxConns, workers, nofile = 16, 4, 192
+	r := startRelayd(t, sock, append(abuseFlags, fmt.Sprintf("--max-conns=%d", maxConns), fmt.Sprintf("--max-workers=%d", workers), "--log-level=error")...)
+	pid := r.cmd.Process.Pid
+	lim := unix.Rlimit{Cur: nofile, Max: nofile}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		t.Fatalf("lowering relayd's open-file limit: %v", err)
+	}
+	good, err := ipc.Dial(t.Context(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.Close()
+	idleFDs := fdCount(pid)
+	// What relayd may hold: --max-conns, the fixed number relayd documents, and four per worker.
+	bound := idleFDs + maxConns + 80 + 4*workers
+	flood := make(chan struct{})
+	floodDone := make(chan int)
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+			floodDone <- len(held)
+		}()
+		for len(held) < 600 {
+			select {
+			case <-flood:
+				return
+			default:
+			}
+			c, err := net.DialTimeout("unix", sock, time.Second)
+			if err != nil {
+				continue
+			}
+			held = append(held, c)
+		}
+		<-flood
+	}()
+	peakFDs := 0
+	for i := range 30 {
+		call, err := good.Send("relay", "echo", fmt.Sprintf("m%d", i))
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		a, err := good.Wait(t.Context(), call)
+		if err != nil || a.Error != nil {
+			t.Errorf("message %d during the flood: %v %s, want a reply", i, err, a.Raw)
+		}
+		peakFDs = max(peakFDs, fdCount(pid))
+	}
+	peakFDs = max(peakFDs, fdCount(pid))
+	took := r.stopWithin(t)
+	close(flood)
+	held := <-floodDone
+	t.Logf("%d flood connections; relayd's fds peaked at %d (bound %d, idle %d); stop took %s", held, peakFDs, bound, idleFDs, took.Round(time.Millisecond))
+	if peakFDs > bound {
+		t.Errorf("relayd had %d fds open, over --max-conns + 80 + 4 per worker = %d", peakFDs, bound)
+	}
+}
+
+// TestAbuseChurn: a client that connects and closes, strictly one connection after another,
+// must never be refused, though relayd cleans up closed connections in the background; and
+// when churning clients are refused, the refusals are logged at a bounded rate with a count
+// of those suppressed. A SIGTERM during the churn ends within the stop bound.
+func TestAbuseChurn(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	r := startRelayd(t, sock, append(abuseFlags, "--max-conns=4", "--max-conns-per-uid=4")...)
+	var held []*net.UnixConn
+	for range 3 {
+		held = append(held, dialRaw(t, sock))
+	}
+	// One at a time: each closed before the next connects.
+	for i := range 2000 {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.Close()
+	}
+	if a := ask(t, sock, "after"); a.Error != nil {
+		t.Errorf("message after the sequential churn: %s", a.Raw)
+	}
+	if strings.Contains(r.log.String(), "connection refused") {
+		t.Errorf("a strictly sequential connect-and-close loop was refused; log:\n%s", r.log)
+	}
+
+	// Now past the bound, from several clients at once: 2000 attempts, then a SIGTERM while
+	// more come.
+	held = append(held, dialRaw(t, sock))
+	stop := make(chan struct{})
+	var churn sync.WaitGroup
+	var attempts atomic.Int64
+	for range 4 {
+		churn.Add(1)
+		go func() {
+			defer churn.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if c, err := net.Dial("unix", sock); err == nil {
+					c.Close()
+				}
+				attempts.Add(1)
+			}
+		}()
+	}
+	if !eventually(20*time.Second, func() bool { return attempts.Load() >= 2000 }) {
+		t.Errorf("only %d connection attempts in 20s", attempts.Load())
+	}
+	took := r.stopWithin(t)
+	close(stop)
+	churn.Wait()
+	lines := strings.Count(r.log.String(), "connection refused")
+	t.Logf("%d refusal lines; stop took %s", lines, took.Round(time.Millisecond))
+	// A burst of 10, then one a second: the churn and the stop last a few seconds at most.
+	if lines > 10+int(stopBound/time.Second)+3 {
+		t.Errorf("%d refusal lines logged, want a bounded rate; log:\n%s", lines, clipBytes([]byte(r.log.String()), 3000))
+	}
+	if lines > 0 && !strings.Contains(r.log.String(), "suppressed=") {
+		t.Errorf("no count of suppressed refusals in the log")
+	}
+	_ = held
 }

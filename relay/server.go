@@ -249,6 +249,10 @@ func (s *Server) StopReading() {
 		for c := range s.all {
 			c.c.SetReadDeadline(time.Now())
 		}
+		if n := s.logLimit.suppressed; n > 0 {
+			s.log.Warn("connection refusals not logged (rate limit)", "suppressed", n)
+			s.logLimit.suppressed = 0
+		}
 	}
 	s.mu.Unlock()
 	s.accept.Wait()
