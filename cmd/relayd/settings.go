@@ -158,10 +158,10 @@ var settings = []setting{
 		fs.IntVar(&c.maxMessageBytes, "max-message-bytes", 1<<20, "longest request line; longer ones are answered too_large")
 	}},
 	{name: "max-pending-bytes", global: func(fs *pflag.FlagSet, c *config) {
-		fs.StringVar(&c.maxPendingText, "max-pending-bytes", "", "most `bytes` held for all clients together: requests read and not answered, answers not written; past it connections are not read until bytes drain (default 8 x --max-message-bytes)")
+		fs.StringVar(&c.maxPendingText, "max-pending-bytes", "", "most `bytes` held for all clients together: requests read and not answered, answers not written; past it connections are not read until bytes drain (default 4 x --max-message-bytes)")
 	}},
 	{name: "max-client-pending-bytes", global: func(fs *pflag.FlagSet, c *config) {
-		fs.StringVar(&c.maxClientPendText, "max-client-pending-bytes", "", "the same bound for one connection (default 2 x --max-message-bytes + 64KiB)")
+		fs.StringVar(&c.maxClientPendText, "max-client-pending-bytes", "", "the same bound for one connection (default --max-message-bytes + 64KiB)")
 	}},
 	{name: "max-answer-bytes", global: func(fs *pflag.FlagSet, c *config) {
 		fs.StringVar(&c.maxAnswerText, "max-answer-bytes", "", "longest answer; a longer one is answered too_large (default 2 x --max-message-bytes + 4KiB)")
