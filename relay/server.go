@@ -862,12 +862,23 @@ func (c *conn) writer() {
 
 // closeGently closes the connection so that the client can read every answer written to it.
 // Closing a Unix socket with unread bytes in it makes the kernel report ECONNRESET to the
-// peer, which may then lose answers still queued for it; so reading is shut first (the
-// client's further writes fail) and what is left unread is discarded, briefly and boundedly.
+// peer, which then loses answers still queued for it; so reading is shut first (the client's
+// further writes fail, and the queue cannot grow) and what is left unread is discarded.
 func (c *conn) closeGently() {
 	if c.c.CloseRead() == nil {
-		c.c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
-		io.Copy(io.Discard, io.LimitReader(c.c, 4<<20))
+		if raw, err := c.c.SyscallConn(); err == nil {
+			buf := make([]byte, 4<<10)
+			// After shutting reading, a read returns what is queued and then 0 at once; it
+			// never waits. The queue is bounded by the client's send buffer.
+			raw.Read(func(fd uintptr) bool {
+				for range 4096 {
+					if n, err := unix.Read(int(fd), buf); n <= 0 || err != nil {
+						break
+					}
+				}
+				return true
+			})
+		}
 	}
 	c.c.Close()
 }
