@@ -866,6 +866,9 @@ func (c *conn) writer() {
 // further writes fail, and the queue cannot grow) and what is left unread is discarded.
 func (c *conn) closeGently() {
 	if c.c.CloseRead() == nil {
+		// A read deadline left in the past (a line's frame deadline, the stop's) would keep
+		// the drain below from running at all.
+		c.c.SetReadDeadline(time.Time{})
 		if raw, err := c.c.SyscallConn(); err == nil {
 			buf := make([]byte, 4<<10)
 			// After shutting reading, a read returns what is queued and then 0 at once; it
