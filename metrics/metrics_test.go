@@ -320,3 +320,21 @@ func value(m *dto.Metric) float64 {
 	}
 	return 0
 }
+
+func TestSetSandbox(t *testing.T) {
+	m := New()
+	m.SetSandbox([]string{"seccomp", "landlock-fs"}, []string{"pid-namespace"})
+	got := map[string]float64{}
+	for _, mt := range gather(t, m)["relayd_worker_sandbox_enforced"].GetMetric() {
+		got[mt.GetLabel()[0].GetValue()] = mt.GetGauge().GetValue()
+	}
+	want := map[string]float64{"seccomp": 1, "landlock-fs": 1, "pid-namespace": 0}
+	if len(got) != len(want) {
+		t.Fatalf("relayd_worker_sandbox_enforced = %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("relayd_worker_sandbox_enforced{mechanism=%q} = %v, want %v", k, got[k], v)
+		}
+	}
+}

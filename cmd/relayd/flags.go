@@ -52,6 +52,7 @@ type config struct {
 	cpuProfile      string
 	sandboxModeText string
 	sandboxMode     sandbox.Mode
+	scratchParent   string // where workers' scratch directories go
 
 	// The connection bounds: per uid, the pending-byte budgets and the answer cap, as given
 	// and as derived.
@@ -233,6 +234,7 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	if cfg.sandboxMode, err = sandbox.ParseMode(cfg.sandboxModeText); err != nil {
 		return nil, cli.Usagef("--worker-sandbox %w", err)
 	}
+	cfg.scratchParent = scratchParent(getenv)
 	if cfg.authorize, err = authorizer(cfg.allowUIDs, cfg.allowGIDs); err != nil {
 		return nil, err
 	}
