@@ -211,3 +211,37 @@ func TestReusedWorkerDescendants(t *testing.T) {
 		t.Errorf("no worker alive: the reused worker should wait for more messages")
 	}
 }
+
+// TestSandboxServiceKeys opens the sandbox of one service with network and writable in its
+// block, while the relay service keeps it closed.
+func TestSandboxServiceKeys(t *testing.T) {
+	dir := shortTempDir(t)
+	out := t.TempDir()
+	conf := filepath.Join(dir, "relayd.hcl")
+	if err := os.WriteFile(conf, []byte(`
+service "open" {
+  worker                = "`+filepath.Join(binDir, "worker")+`"
+  args                  = ["--delay=0s"]
+  allow-fault-injection = true
+  network               = true
+  writable              = ["`+out+`"]
+}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "s")
+	startRelayd(t, sock, "--config", conf, "--allow-fault-injection", "--worker-arg=--delay=0s")
+	requireSandbox(t, sock, "landlock-fs", "seccomp")
+	target := filepath.Join(out, "f")
+	// 127.0.0.1:1 is closed: an allowed socket is refused by the peer, a denied one earlier.
+	for _, c := range []struct{ to, data, want string }{
+		{"open", "!write " + target, "written"},
+		{"relay", "!write " + target, "open " + target + ": permission denied"},
+		{"open", "!net 127.0.0.1:1", "connect: connection refused"},
+		{"relay", "!net 127.0.0.1:1", "socket: address family not supported by protocol"},
+	} {
+		if got := unquote(t, askTo(t, sock, c.to, c.data)); got != c.want {
+			t.Errorf("%s %s: %q, want %q", c.to, c.data, got, c.want)
+		}
+	}
+}
