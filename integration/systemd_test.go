@@ -451,6 +451,10 @@ func TestWorkerUser(t *testing.T) {
 	if a := <-done; a.Error != nil {
 		t.Errorf("answer: %s", a.Raw)
 	}
+	// The worker's scratch directory is its user's.
+	if got := unquote(t, ask(t, sock, "!scratch")); !filepath.IsAbs(got) {
+		t.Errorf("!scratch as nobody: %q, want the path of a writable TMPDIR", got)
+	}
 
 	if setpriv, err := exec.LookPath("setpriv"); err == nil {
 		out, err := exec.Command(setpriv, "--reuid=4242", "--regid=4242", "--clear-groups",

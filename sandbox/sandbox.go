@@ -345,6 +345,13 @@ func (s *Sandbox) Launch(cmd *exec.Cmd, fork func() error) (release func(), err 
 		return nil, err
 	}
 	setTMPDIR(cmd, scratch)
+	if attr := cmd.SysProcAttr; attr != nil && attr.Credential != nil {
+		// The worker runs as another user (--worker-user): the scratch directory is its own.
+		if err := os.Chown(scratch, int(attr.Credential.Uid), int(attr.Credential.Gid)); err != nil {
+			s.putSlot(sl)
+			return nil, fmt.Errorf("giving the scratch directory to the worker's user: %w", err)
+		}
+	}
 	if s.cloneflags != 0 {
 		attr := syscall.SysProcAttr{}
 		if cmd.SysProcAttr != nil {
@@ -404,7 +411,13 @@ func (s *Sandbox) slot() (*slot, error) {
 func (s *Sandbox) newSlot() (*slot, error) {
 	// A slot's name need not be secret: each worker's TMPDIR in it has a random one.
 	dir := filepath.Join(s.root, "s"+strconv.FormatUint(s.slots.Add(1), 10))
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	// Mode 0711, like the root: a worker of another user (--worker-user) must pass through it
+	// to its scratch directory, and none may list it.
+	if err := os.Mkdir(dir, 0o711); err != nil {
+		return nil, fmt.Errorf("making a slot directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o711); err != nil { // Past the umask.
+		os.Remove(dir)
 		return nil, fmt.Errorf("making a slot directory: %w", err)
 	}
 	ruleset := -1
@@ -491,7 +504,7 @@ func endSlot(sl *slot) {
 // emptyDir removes everything in dir but dir itself, making unreadable directories a worker
 // left readable again first.
 func emptyDir(dir string) error {
-	os.Chmod(dir, 0o700)
+	os.Chmod(dir, 0o711)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
