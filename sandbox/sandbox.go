@@ -486,7 +486,7 @@ func (s *Sandbox) trimIdle() {
 		s.idle = s.idle[1:]
 	}
 	if len(s.idle) > 0 && !s.closed {
-		s.trim = time.AfterFunc(s.idle[0].idleSince.Add(idleSlotTime).Sub(time.Now()), s.trimIdle)
+		s.trim = time.AfterFunc(time.Until(s.idle[0].idleSince.Add(idleSlotTime)), s.trimIdle)
 	}
 	s.mu.Unlock()
 	for _, sl := range old {
