@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -589,7 +590,7 @@ func TestAbuseConnFlood(t *testing.T) {
 	defer good.Close()
 	idleFDs := fdCount(pid)
 	// What relayd may hold: --max-conns, the fixed number relayd documents, and four per worker.
-	bound := idleFDs + maxConns + 80 + 4*workers
+	bound := idleFDs + maxConns + 49 + 4*workers
 	flood := make(chan struct{})
 	floodDone := make(chan int)
 	go func() {
@@ -632,7 +633,7 @@ func TestAbuseConnFlood(t *testing.T) {
 	held := <-floodDone
 	t.Logf("%d flood connections; relayd's fds peaked at %d (bound %d, idle %d); stop took %s", held, peakFDs, bound, idleFDs, took.Round(time.Millisecond))
 	if peakFDs > bound {
-		t.Errorf("relayd had %d fds open, over --max-conns + 80 + 4 per worker = %d", peakFDs, bound)
+		t.Errorf("relayd had %d fds open, over idle + --max-conns + 49 + 4 per worker = %d", peakFDs, bound)
 	}
 }
 
@@ -701,4 +702,39 @@ func TestAbuseChurn(t *testing.T) {
 		t.Errorf("no count of suppressed refusals in the log")
 	}
 	_ = held
+}
+
+// TestAbuseOneUIDCannotLockOut: connections of one uid past --max-conns-per-uid are refused
+// busy, while another uid still gets in.
+func TestAbuseOneUIDCannotLockOut(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to connect as another uid with setpriv")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv not installed")
+	}
+	dir := shortTempDir(t)
+	for _, d := range []string{dir, binDir, filepath.Dir(binDir)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sock := filepath.Join(dir, "s")
+	startRelayd(t, sock, append(abuseFlags, "--socket-mode=0666", "--max-conns=8", "--max-conns-per-uid=4")...)
+	for range 4 {
+		dialRaw(t, sock)
+	}
+	// The fifth of this uid is refused, though only half of --max-conns is in use.
+	c := dialRaw(t, sock)
+	answers, _ := readAnswers(t, c, 1, 10*time.Second)
+	if len(answers) != 1 || answers[0].Error == nil || answers[0].Error.Code != ipc.CodeBusy || !strings.Contains(answers[0].Error.Message, "of uid") {
+		t.Errorf("fifth connection of one uid: got %v, want busy: too many connections of uid", answers)
+	}
+	cmd := exec.Command(setpriv, "--reuid=4242", "--regid=4242", "--clear-groups",
+		filepath.Join(binDir, "echo"), "--socket", sock, "hi")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "GORACE=atexit_sleep_ms=0"}
+	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "HI" {
+		t.Errorf("another uid while the first is at its bound: %v, %q; want HI", err, out)
+	}
 }

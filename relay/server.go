@@ -35,10 +35,13 @@ const (
 	// cleaned up (they are not counted against --max-conns): past it relayd stops accepting
 	// until cleanup catches up.
 	maxUnswept = 32
-	// FixedDescriptors is how many descriptors relayd may hold beyond --max-conns and its
-	// workers' pipes: the refusals above, connections not yet swept, the listener, the
-	// metrics endpoint, stdio, the poller and a margin.
-	FixedDescriptors = maxRefusing + maxUnswept + 32
+	// ExtraDescriptors is how many descriptors connections may take beyond --max-conns: the
+	// refusals above, connections not yet swept, and one being accepted.
+	ExtraDescriptors = maxRefusing + maxUnswept + 1
+	// FixedDescriptors is what relayd reserves under its open-file limit besides --max-conns
+	// and its workers' pipes: ExtraDescriptors and its own (the listener, the metrics
+	// endpoint, stdio, the poller, the sandbox's), with a margin.
+	FixedDescriptors = ExtraDescriptors + 64
 	// DescriptorsPerWorker is what one running worker costs relayd: its stdin, stdout and
 	// stderr pipes and a pidfd.
 	DescriptorsPerWorker = 4

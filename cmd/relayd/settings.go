@@ -161,10 +161,10 @@ var settings = []setting{
 		fs.StringVar(&c.maxPendingText, "max-pending-bytes", "", "most `bytes` held for all clients together: requests read and not answered, answers not written; past it connections are not read until bytes drain (default 4 x --max-message-bytes)")
 	}},
 	{name: "max-client-pending-bytes", global: func(fs *pflag.FlagSet, c *config) {
-		fs.StringVar(&c.maxClientPendText, "max-client-pending-bytes", "", "the same bound for one connection (default --max-message-bytes + 64KiB)")
+		fs.StringVar(&c.maxClientPendText, "max-client-pending-bytes", "", "the same bound, in `bytes`, for one connection (default --max-message-bytes + 64KiB)")
 	}},
 	{name: "max-answer-bytes", global: func(fs *pflag.FlagSet, c *config) {
-		fs.StringVar(&c.maxAnswerText, "max-answer-bytes", "", "longest answer; a longer one is answered too_large (default 2 x --max-message-bytes + 4KiB)")
+		fs.StringVar(&c.maxAnswerText, "max-answer-bytes", "", "longest answer in `bytes`; a longer one is answered too_large (default 2 x --max-message-bytes + 4KiB)")
 	}},
 	{name: "worker-rlimit-cpu", scope: perService, applied: toHost, service: func(fs *pflag.FlagSet, s *serviceConfig) {
 		fs.DurationVar(&s.rlimitCPU, "worker-rlimit-cpu", 30*time.Second, "CPU time limit of a worker (RLIMIT_CPU, 3x the message timeout; 0 for none)")
