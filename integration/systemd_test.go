@@ -503,6 +503,11 @@ func TestLogFormats(t *testing.T) {
 				t.Setenv("JOURNAL_STREAM", "8:12345")
 			}
 			r := startRelayd(t, sock, "--log-format="+tt.format)
+			// The relay's loop logs its start on its own goroutine; a stop at once may come
+			// first, so wait for it.
+			if !eventually(20*time.Second, func() bool { return strings.Contains(r.log.String(), "relay started") }) {
+				t.Fatalf("no relay started line; log:\n%s", r.log)
+			}
 			r.stop(t)
 			first, _, _ := strings.Cut(r.log.String(), "\n")
 			if !strings.HasPrefix(first, tt.wantPrefix) || !strings.Contains(first, "relay started") {
