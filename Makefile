@@ -66,7 +66,7 @@ test: ## Run every test: gofmt, vet, staticcheck, unit and end-to-end tests with
 BENCH_FLAGS ?=
 
 .PHONY: bench
-bench: build ## Run the benchmark (about 3 minutes; report also in bin/bench.md, pictures in bin/bench.svg). It installs nothing: see bench-deps.
+bench: build ## Run the benchmark (about 4 minutes, longer on a busy machine; report also in bin/bench.md, pictures in bin/bench.svg). It installs nothing: see bench-deps.
 	@command -v s6-ipcserver >/dev/null 2>&1 || echo "s6-ipcserver is not installed: its peer is skipped (make bench-deps installs it)"
 	$(GO) run ./bench --bin $(BIN) --out $(BIN)/bench.md --svg $(BIN)/bench.svg $(BENCH_FLAGS)
 

@@ -122,7 +122,7 @@ var settings = []setting{
 		fs.IntVar(&s.maxWorkers, "max-workers", defaultMaxWorkers(), "most worker processes at once (64 per CPU: workers mostly wait, and one is a few MiB)")
 	}},
 	{name: "spares", scope: perService, service: func(fs *pflag.FlagSet, s *serviceConfig) {
-		fs.IntVar(&s.spares, "spares", 0, "workers to keep started and ready, so a message does not wait for a fork (default 0: a fresh fork per message, as in the tutorial)")
+		fs.IntVar(&s.spares, "spares", 0, "workers to keep started and ready, so a message does not wait for a fork; a spare is still a fresh process for its message (default 0: a spare saves a sequential client about one worker start, nothing once the CPUs are busy, and is an idle process of about 3 MiB per service)")
 	}},
 	{name: "max-requests", scope: perService, service: func(fs *pflag.FlagSet, s *serviceConfig) {
 		fs.IntVar(&s.maxRequests, "max-requests", 1, "messages one worker serves before it is replaced; above 1 trades isolation for speed")
