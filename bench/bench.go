@@ -343,10 +343,10 @@ func (b *bench) setup(ctx context.Context) error {
 	return nil
 }
 
-// profileTop returns the top of relayd's CPU profile as go tool pprof prints it, or a line
-// saying why there is none.
+// profileTop returns the top of relayd's CPU profile by cumulative time (where the time goes,
+// from the top down), as go tool pprof prints it, or a line saying why there is none.
 func (b *bench) profileTop(ctx context.Context) string {
-	out, err := exec.CommandContext(ctx, b.cfg.goCmd, "tool", "pprof", "-top", "-nodecount=25", b.bins.relayd, b.cfg.profile).CombinedOutput()
+	out, err := exec.CommandContext(ctx, b.cfg.goCmd, "tool", "pprof", "-top", "-cum", "-nodecount=30", b.bins.relayd, b.cfg.profile).CombinedOutput()
 	if err != nil {
 		return fmt.Sprintf("go tool pprof: %v\n%s", err, out)
 	}
