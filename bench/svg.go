@@ -12,28 +12,28 @@ import (
 // scale, one panel for one client and one for eight), and the throughput of every variant
 // against the number of clients. People compare curves faster than tables.
 
-// svgColors gives each group of variants the same colour in every panel.
-var svgColors = map[string]string{
-	groupFloor:        "#7f7f7f",
-	groupWorker:       "#1f77b4",
-	groupRelayd:       "#d62728",
-	groupSpares:       "#ff7f0e",
-	groupSparesPaced:  "#e377c2",
-	groupPlugin:       "#9467bd",
-	groupS6:           "#2ca02c",
-	groupWorkerReused: "#17becf",
-	groupMaxRequests:  "#8c564b",
-	groupPluginReused: "#bcbd22",
+// svgPalette colours the variants in the order the report lists them, the same in every panel.
+var svgPalette = []string{
+	"#7f7f7f", "#1f77b4", "#d62728", "#ff7f0e", "#e377c2", "#9467bd", "#2ca02c", "#17becf",
+	"#8c564b", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
+}
 
-	groupRelaydPlugin:       "#393b79",
-	groupRelaydPluginReused: "#637939",
+// colors assigns each variant name a colour of svgPalette, in the order of r.variants.
+func (r *report) colors() map[string]string {
+	m := map[string]string{}
+	for _, v := range r.variants {
+		if _, ok := m[v.name]; !ok {
+			m[v.name] = svgPalette[len(m)%len(svgPalette)]
+		}
+	}
+	return m
 }
 
 const (
-	svgWidth  = 900
-	svgPanelH = 330
+	svgWidth  = 1060
+	svgPanelH = 340
 	svgLeft   = 70  // room for the y axis labels
-	svgRight  = 250 // room for the legend
+	svgRight  = 410 // room for the legend
 	svgTop    = 40
 	svgBottom = 50
 )
@@ -105,15 +105,17 @@ func (p plot) ytick(b *strings.Builder, v float64, label string) {
 	fmt.Fprintf(b, `<text x="%.0f" y="%.1f" text-anchor="end">%s</text>`+"\n", p.x0-6, y+4, esc(label))
 }
 
-// legend writes one entry per line, right of the plot.
-func (p plot) legend(b *strings.Builder, i int, color, label string, dashed bool) {
-	x, y := p.x1+14, p.y1+12+float64(i)*18
+// legend writes entry i of n, one a line, right of the plot; the lines close up when there
+// are many, so that the legend stays within its panel.
+func (p plot) legend(b *strings.Builder, i, n int, color, label string, dashed bool) {
+	step := min(18, (p.y0-p.y1+svgBottom-20)/float64(max(n, 1)))
+	x, y := p.x1+14, p.y1+12+float64(i)*step
 	dash := ""
 	if dashed {
 		dash = ` stroke-dasharray="5 3"`
 	}
 	fmt.Fprintf(b, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="%s" stroke-width="2"%s/>`, x, y-4, x+22, y-4, color, dash)
-	fmt.Fprintf(b, `<text x="%.0f" y="%.0f">%s</text>`+"\n", x+28, y, esc(label))
+	fmt.Fprintf(b, `<text x="%.0f" y="%.0f" font-size="11">%s</text>`+"\n", x+28, y, esc(label))
 }
 
 func polyline(b *strings.Builder, pts [][2]float64, color string, dashed bool) {
@@ -187,14 +189,15 @@ func (r *report) cdfPanel(c, panel int) string {
 	for _, f := range []float64{0, 0.25, 0.5, 0.75, 0.9, 0.99, 1} {
 		p.ytick(&b, f, fmt.Sprintf("%g", f))
 	}
+	colors := r.colors()
 	for i, v := range vs {
 		var pts [][2]float64
 		for _, q := range cdfQuantiles {
 			pts = append(pts, [2]float64{p.x(float64(max(v.hist.ValueAtQuantile(q), 1))), p.y(q / 100)})
 		}
 		dashed := longLived(v.group)
-		polyline(&b, pts, svgColors[v.group], dashed)
-		p.legend(&b, i, svgColors[v.group], fmt.Sprintf("%s (p50 %s µs)", v.name, us(v.quantile(50))), dashed)
+		polyline(&b, pts, colors[v.name], dashed)
+		p.legend(&b, i, len(vs), colors[v.name], fmt.Sprintf("%s (p50 %s µs)", v.name, us(v.quantile(50))), dashed)
 	}
 	return b.String()
 }
@@ -242,16 +245,17 @@ func (r *report) throughputPanel(panel int) string {
 	for y := 0.0; y <= p.ymax; y += step {
 		p.ytick(&b, y, fmt.Sprintf("%.0f", y))
 	}
+	colors := r.colors()
 	for i, l := range lines {
 		var pts [][2]float64
 		for _, c := range cs {
 			if t, ok := l.pts[c]; ok {
 				pts = append(pts, [2]float64{p.x(float64(c)), p.y(t)})
-				fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", p.x(float64(c)), p.y(t), svgColors[l.group])
+				fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", p.x(float64(c)), p.y(t), colors[l.name])
 			}
 		}
-		polyline(&b, pts, svgColors[l.group], false)
-		p.legend(&b, i, svgColors[l.group], l.name, false)
+		polyline(&b, pts, colors[l.name], false)
+		p.legend(&b, i, len(lines), colors[l.name], l.name, false)
 	}
 	return b.String()
 }
