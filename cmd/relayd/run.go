@@ -22,6 +22,7 @@ import (
 
 	"relayd/internal/cli"
 	"relayd/relay"
+	"relayd/sdk/plugin"
 	"relayd/supervisor"
 )
 
@@ -66,6 +67,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		// journald stamps every line itself.
 		DisableTime: getenv("JOURNAL_STREAM") != "",
 	})
+	// gRPC, which go-plugin workers use, logs to standard error by default; into relayd's log
+	// it goes, once for every service.
+	plugin.SetGRPCLogger(log.Named("grpc"))
 	for _, s := range cfg.services {
 		if err := checkWorker(s.worker); err != nil {
 			log.Warn("the worker is not usable yet; relayd starts anyway, since it may appear later", "service", s.name, "error", err)
