@@ -140,7 +140,7 @@ func TestAbuseInvalidUTF8(t *testing.T) {
 func TestAbuseTrickle(t *testing.T) {
 	sock := filepath.Join(shortTempDir(t), "s")
 	const frame = time.Second
-	startRelayd(t, sock, "--frame-timeout="+frame.String(), "--worker-arg=--delay=0s", "--stats-interval=0")
+	r := startRelayd(t, sock, append(abuseFlags, "--frame-timeout="+frame.String())...)
 	c := dialRaw(t, sock)
 	start := time.Now()
 	if _, err := c.Write([]byte(`{"id":1,"to":"relay","topic":"echo","data":"`)); err != nil {
@@ -173,6 +173,12 @@ func TestAbuseTrickle(t *testing.T) {
 	if !errors.Is(err, io.EOF) || took > bound {
 		t.Errorf("connection after the answer: %v after %s, want closed (EOF) within %s", err, took.Round(time.Millisecond), bound)
 	}
+	// A SIGTERM while another client trickles a line ends within the stop bound.
+	c2 := dialRaw(t, sock)
+	if _, err := c2.Write([]byte(`{"id":2,"to":"relay","topic":"ec`)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stop took %s", r.stopWithin(t).Round(time.Millisecond))
 }
 
 // TestAbuseAnswerInflation sends text the worker's JSON encoder used to escape (< > &, six
@@ -736,5 +742,32 @@ func TestAbuseOneUIDCannotLockOut(t *testing.T) {
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "GORACE=atexit_sleep_ms=0"}
 	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "HI" {
 		t.Errorf("another uid while the first is at its bound: %v, %q; want HI", err, out)
+	}
+}
+
+// TestAbuseAnswerTooLarge: an answer longer than --max-answer-bytes is replaced by too_large,
+// so no worker can make relayd hold more; a shorter one on the same connection still comes.
+func TestAbuseAnswerTooLarge(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "s")
+	startRelayd(t, sock, append(abuseFlags, "--max-answer-bytes=2048")...)
+	c := dialRaw(t, sock)
+	if _, err := c.Write(append(echoLine(1, 'a', 4000), echoLine(2, 'b', 100)...)); err != nil {
+		t.Fatal(err)
+	}
+	answers, err := readAnswers(t, c, 2, 20*time.Second)
+	if err != nil {
+		t.Fatalf("after %d answers: %v", len(answers), err)
+	}
+	for _, a := range answers {
+		switch string(a.ID) {
+		case "1":
+			if a.Error == nil || a.Error.Code != ipc.CodeTooLarge || len(a.Raw) > 2048 {
+				t.Errorf("answer of 4000 bytes of data: %q, want too_large", clipBytes(a.Raw, 200))
+			}
+		case "2":
+			if a.Error != nil {
+				t.Errorf("short answer: %s", a.Raw)
+			}
+		}
 	}
 }
