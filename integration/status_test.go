@@ -68,7 +68,8 @@ func parseStatusTable(t *testing.T, out string) []statusRow {
 // the message's sender and id, and the spare idle; --json gives the same as a frame.
 func TestEchoStatus(t *testing.T) {
 	sock := filepath.Join(shortTempDir(t), "s")
-	startRelayd(t, sock, "--worker-arg=--delay=2s", "--spares=1", "--stats-interval=0")
+	// The message must still run after two echo processes started on a loaded machine.
+	startRelayd(t, sock, "--worker-arg=--delay=6s", "--spares=1", "--stats-interval=0")
 
 	c, err := ipc.Dial(t.Context(), sock)
 	if err != nil {
@@ -83,7 +84,7 @@ func TestEchoStatus(t *testing.T) {
 	// The message takes a worker at once (the spare), and a new spare is started behind it.
 	var out string
 	var busy statusRow
-	if !eventually(2*time.Second, func() bool {
+	if !eventually(5*time.Second, func() bool {
 		out = runEcho(t, sock, "--status")
 		for _, r := range parseStatusTable(t, out) {
 			if r.state == "busy" {
@@ -142,7 +143,7 @@ func TestEchoStatus(t *testing.T) {
 	}
 
 	// The reply comes from the worker the table showed.
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	a, err := c.Wait(ctx, call)
 	if err != nil {
