@@ -21,7 +21,8 @@ import (
 //	starting ──ready──▶ idle ◀──reply (may serve more)── busy
 //	    │                 └──────job assigned──────────▶ │
 //	    └──ready, with the job it was forked for────────▶ │
-//	starting, idle, busy ──protocol error, deadline, told to exit, exit──▶ draining ──▶ exited
+//	starting, busy ──protocol error, deadline, told to exit, exit──▶ draining ──▶ exited
+//	idle ──exit──▶ draining
 type State uint8
 
 // The states of a worker.
