@@ -132,7 +132,8 @@ func New(cfg Config) (*Sandbox, error) {
 	if parent == "" {
 		parent = os.TempDir()
 	}
-	root, err := os.MkdirTemp(parent, "relayd-scratch-")
+	removeStale(parent)
+	root, err := os.MkdirTemp(parent, scratchPrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return nil, fmt.Errorf("making the scratch directory: %w", err)
 	}
@@ -524,6 +525,36 @@ func emptyDir(dir string) error {
 		}
 	}
 	return nil
+}
+
+// scratchPrefix begins the name of a sandbox's directory of scratch directories, followed by
+// the pid of the relayd that made it.
+const scratchPrefix = "relayd-scratch-"
+
+// removeStale removes what a relayd that is gone (killed, so that it could not clean up) left
+// in parent: directories named after its pid, owned by this user, whose pid no process has.
+// A pid used again by another process keeps its directory; that errs on the safe side.
+func removeStale(parent string) {
+	entries, err := os.ReadDir(parent)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), scratchPrefix)
+		pidText, _, ok2 := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if !ok || !ok2 || err != nil || pid <= 0 || !e.IsDir() {
+			continue
+		}
+		var st unix.Stat_t
+		path := filepath.Join(parent, e.Name())
+		if unix.Lstat(path, &st) != nil || int(st.Uid) != os.Geteuid() {
+			continue
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			os.RemoveAll(path)
+		}
+	}
 }
 
 // newScratch makes a directory in parent with a name of 128 random bits, so that a worker,

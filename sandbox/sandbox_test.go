@@ -280,3 +280,31 @@ func BenchmarkLaunch(b *testing.B) {
 		})
 	}
 }
+
+// TestStaleScratchRemoved leaves the directory a killed relayd would, and one of a live
+// process, and checks that a new sandbox removes the first only.
+func TestStaleScratchRemoved(t *testing.T) {
+	parent := t.TempDir()
+	// A pid above the kernel's maximum is never in use.
+	stale := filepath.Join(parent, scratchPrefix+"99999999-1")
+	live := filepath.Join(parent, scratchPrefix+strconv.Itoa(os.Getpid())+"-1")
+	other := filepath.Join(parent, "unrelated")
+	for _, d := range []string{stale, live, other} {
+		if err := os.MkdirAll(filepath.Join(d, "s1"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := New(Config{Mode: ModeOff, ScratchParent: parent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale %s: %v, want removed", stale, err)
+	}
+	for _, d := range []string{live, other} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s: %v, want kept", d, err)
+		}
+	}
+}
