@@ -100,7 +100,8 @@ func build(dir string) error {
 		}
 	}
 	// The worker's go-plugin mode, which the worker execs from its own directory.
-	return testbin.Build(filepath.Join(dir, "worker-plugin"), nil, []string{"-tags=goplugin"}, "relayd/cmd/worker")
+	// Built as cmd/worker's tests build it, so that both share the build cache's gRPC.
+	return testbin.Build(filepath.Join(dir, "worker-plugin"), []string{"CGO_ENABLED=0"}, []string{"-tags=goplugin", "-ldflags=-s -w"}, "relayd/cmd/worker")
 }
 
 // shortTempDir returns a new directory for sockets, removed at the end of the test. t.TempDir
