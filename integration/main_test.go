@@ -100,8 +100,9 @@ func build(dir string) error {
 		}
 	}
 	// The worker's go-plugin mode, which the worker execs from its own directory.
-	// Built as cmd/worker's tests build it, so that both share the build cache's gRPC.
-	return testbin.Build(filepath.Join(dir, "worker-plugin"), []string{"CGO_ENABLED=0"}, []string{"-tags=goplugin", "-ldflags=-s -w"}, "relayd/cmd/worker")
+	// Built as make build builds it (static, -trimpath), so that it shares the build cache's
+	// gRPC with make build and the bench's go-plugin peer instead of compiling it once more.
+	return testbin.Build(filepath.Join(dir, "worker-plugin"), []string{"CGO_ENABLED=0"}, []string{"-tags=goplugin", "-trimpath", "-ldflags=-s -w"}, "relayd/cmd/worker")
 }
 
 // shortTempDir returns a new directory for sockets, removed at the end of the test. t.TempDir

@@ -38,7 +38,8 @@ func startPlugin(t *testing.T, transport string) (plugin.Worker, *exec.Cmd, *gop
 	t.Helper()
 	pluginBin := filepath.Join(filepath.Dir(workerBin), pluginExecutable)
 	buildPluginOnce.Do(func() {
-		buildPluginErr = testbin.Build(pluginBin, []string{"CGO_ENABLED=0"}, []string{"-tags=goplugin", "-ldflags=-s -w"}, ".")
+		// As make build builds it, sharing the build cache's gRPC.
+		buildPluginErr = testbin.Build(pluginBin, []string{"CGO_ENABLED=0"}, []string{"-tags=goplugin", "-trimpath", "-ldflags=-s -w"}, ".")
 	})
 	if buildPluginErr != nil {
 		t.Fatal(buildPluginErr)
