@@ -82,22 +82,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	defer mx.close()
 	fitConns(cfg, nofile, log)
 
-	ln, err := listen(cfg, log)
-	if err != nil {
-		return err
-	}
-
 	// A second SIGINT or SIGTERM during the drain stops every worker at once.
 	hard, cancelHard := context.WithCancel(context.Background())
 	defer cancelHard()
 	ss := newServices(hard, log, mx)
 	defer ss.closeHosts()
+	// The services start before the socket is bound: a socket that accepts connections means
+	// relayd is up, its sandbox probed and its spares forking.
 	for _, sc := range cfg.services {
 		if err := ss.start(cfg, sc); err != nil {
-			ln.Close()
 			ss.stopAll()
 			return err
 		}
+	}
+	ln, err := listen(cfg, log)
+	if err != nil {
+		ss.stopAll()
+		return err
 	}
 	srv := relay.NewServer(relay.ServerConfig{
 		Lookup:                ss.names.Lookup,
