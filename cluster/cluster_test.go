@@ -489,6 +489,11 @@ func TestEchoThroughNATS(t *testing.T) {
 		t.Errorf("--status --json: exit %d, stdout:\n%s\nwant one status line per node", code, out)
 	}
 
+	out, errOut, code = runEcho(t, "", "--nats", url, "--top", "--count", "1")
+	if code != 0 || !strings.Contains(out, "service relay@node1") || !strings.Contains(out, "service relay@node2") {
+		t.Errorf("--top --count 1: exit %d, stdout:\n%s\nstderr: %s\nwant a block per node", code, out, errOut)
+	}
+
 	start := time.Now()
 	out, errOut, code = runEcho(t, "", "--nats", url, "--to", "nosuch", "hello")
 	if code != 1 || !strings.Contains(errOut, "unavailable") || out != "" || time.Since(start) > 10*time.Second {

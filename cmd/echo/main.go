@@ -47,7 +47,7 @@ var modes = []struct{ cmd, what string }{
 	{"--stats", "prints the relay's counters as sorted \"name value\" lines"},
 	{"--status", "prints the registered names, a table of the live workers (PID, AGE,\nSTATE busy, idle or starting, ATTEMPT, SENDER connection, MESSAGE id) and a\nstats line; with --json the reply frame"},
 	{"--top", "on a terminal, a live view of the stats and workers that refreshes once\na second, like top (q or Ctrl+C quits; the last frame stays); otherwise\n--count snapshots a second apart (default 1), or with --json one status\nframe a line"},
-	{"--nats URL", "any mode but --top through relayd nodes on NATS instead of the socket:\nthe REPL names the node that answered; --stats and --status print every\nnode's, a block per node (with --json a line per node); --nats-durable\nsends requests that survive a node's crash"},
+	{"--nats URL", "any of these through relayd nodes on NATS instead of the socket: the\nREPL names the node that answered; --stats, --status and --top show every\nnode's (--top as one service NAME@NODE per node); --nats-durable sends\nrequests that survive a node's crash"},
 }
 
 // usageHead is the help above the flags, in the words of the name echo was invoked as.

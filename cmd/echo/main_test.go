@@ -84,7 +84,6 @@ func TestRunWithoutRelay(t *testing.T) {
 		{name: "count without top", args: []string{"--count=2", "--status"}, wantCode: exitUsage, wantStderr: "--count goes with --top"},
 		{name: "durable without nats", args: []string{"--nats-durable", "hi"}, wantCode: exitUsage, wantStderr: "the --nats-* flags need --nats URL"},
 		{name: "socket and nats", args: []string{"--socket=/x", "--nats=nats://127.0.0.1:1", "hi"}, wantCode: exitUsage, wantStderr: "--socket and --nats exclude each other"},
-		{name: "top through nats", args: []string{"--top", "--nats=nats://127.0.0.1:1"}, wantCode: exitUsage, wantStderr: "with --nats use --stats or --status"},
 		{name: "negative count", args: []string{"--top", "--count=-1"}, wantCode: exitUsage, wantStderr: "--count must not be negative, not -1"},
 		{
 			name: "status", args: []string{"--status"}, env: []string{"RELAY_SOCKET=" + missing},

@@ -54,10 +54,8 @@ func checkNATS(fs *pflag.FlagSet, o *options, repl bool) error {
 		return exitf(exitUsage, "the --nats-* flags need --nats URL")
 	case n.url != "" && fs.Changed("socket"):
 		return exitf(exitUsage, "--socket and --nats exclude each other")
-	case n.url != "" && o.top:
-		return exitf(exitUsage, "--top watches one relayd on its socket; with --nats use --stats or --status, which gather every node's")
 	}
-	if n.durable && !fs.Changed("timeout") && !repl && !o.stats && !o.status {
+	if n.durable && !fs.Changed("timeout") && !repl && !o.stats && !o.status && !o.top {
 		o.timeout = durableTimeout
 	}
 	return nil
@@ -133,4 +131,50 @@ func gather(ctx context.Context, o options, status bool, stdout io.Writer) error
 	}
 	_, err = io.WriteString(stdout, b.String())
 	return err
+}
+
+// natsStatuses is --top's poll through NATS: every node's status for --to, each shown as the
+// service NAME@NODE.
+func (p *poller) natsStatuses(ctx context.Context) ([]ipc.Answer, error) {
+	if p.c == nil {
+		c, err := dial(ctx, p.o)
+		if err != nil {
+			return nil, err
+		}
+		p.c = c
+	}
+	nodes, err := p.c.(*cluster.Client).Gather(ctx, p.o.to, min(p.o.timeout, gatherWait))
+	switch {
+	case ctx.Err() != nil:
+		return nil, errInterrupted
+	case err != nil:
+		return nil, exitf(exitUnavailable, "asking the nodes on NATS: %v", err)
+	case len(nodes) == 0:
+		return nil, exitf(exitUnavailable, "no relayd node serves %q on NATS", p.o.to)
+	}
+	var answers []ipc.Answer
+	for _, n := range nodes {
+		if n.Data.Status == nil {
+			continue
+		}
+		st := *n.Data.Status
+		if st.Service == "" {
+			st.Service = p.o.to
+		}
+		st.Service += "@" + n.Node
+		data, err := json.Marshal(st)
+		if err != nil {
+			return nil, err
+		}
+		r := ipc.Reply{Topic: ipc.ResponseTopic(topicStatus), Data: data}
+		raw, err := ipc.AppendFrame(nil, r)
+		if err != nil {
+			return nil, err
+		}
+		answers = append(answers, ipc.Answer{Reply: r, Raw: raw[:len(raw)-1]})
+	}
+	if len(answers) == 0 {
+		return nil, exitf(exitUnavailable, "no node on NATS reported its status")
+	}
+	return answers, nil
 }

@@ -266,6 +266,9 @@ func (p *poller) status(ctx context.Context) (ipc.Answer, error) {
 // first answer lists, on one connection, in the order of the names. A name removed meanwhile
 // (unknown_name) is left out. The answers are in the order asked, --to's first.
 func (p *poller) statuses(ctx context.Context) ([]ipc.Answer, error) {
+	if p.o.nats.url != "" {
+		return p.natsStatuses(ctx)
+	}
 	first, err := p.status(ctx)
 	if err != nil || first.Error != nil || !p.o.every {
 		return []ipc.Answer{first}, err

@@ -80,7 +80,7 @@ func topSnapshots(ctx context.Context, o options, stdout io.Writer) error {
 			if n > 1 {
 				fmt.Fprintln(stdout)
 			}
-			if err := writeTop(stdout, o.socket, time.Now(), sts...); err != nil {
+			if err := writeTop(stdout, o.where(), time.Now(), sts...); err != nil {
 				return fmt.Errorf("writing output: %w", err)
 			}
 		}
@@ -138,9 +138,9 @@ func topLive(ctx context.Context, o options, keys, out *os.File) error {
 			return nil
 		case err != nil:
 			fmt.Fprintf(&frame, "relayd %s  %s\n\n%v\n(trying again every second; q quits)\n",
-				clean(o.socket), time.Now().Format(time.TimeOnly), errText(err))
+				clean(o.where()), time.Now().Format(time.TimeOnly), errText(err))
 		case a.Error != nil:
-			fmt.Fprintf(&frame, "relayd %s  %s\n\nerror: %v\n", clean(o.socket), time.Now().Format(time.TimeOnly), a.Error)
+			fmt.Fprintf(&frame, "relayd %s  %s\n\nerror: %v\n", clean(o.where()), time.Now().Format(time.TimeOnly), a.Error)
 		default:
 			var sts []ipc.Status
 			for _, a := range answers {
@@ -154,7 +154,7 @@ func topLive(ctx context.Context, o options, keys, out *os.File) error {
 				fmt.Fprintf(&frame, "status reply is not a status\n")
 				break
 			}
-			writeTop(&frame, o.socket, time.Now(), sts...)
+			writeTop(&frame, o.where(), time.Now(), sts...)
 		}
 		w, h := 80, 24
 		if fw, fh, err := term.GetSize(int(out.Fd())); err == nil && fw > 0 && fh > 0 {
