@@ -342,23 +342,28 @@ func (w *worker) onFrame(f Frame) {
 		w.replied = true
 		w.ex.Served++
 		w.cpuUsed = measure(w.p.pid, job, w.cpuUsed)
+		// A worker that serves more goes back to the pool before its answer leaves, so that
+		// the sender's next message finds it there rather than forking another. Its next
+		// request is written only once this reply is handled.
+		reused := false
+		if w.state == StateBusy && w.ex.Served < w.h.opts.MaxRequests {
+			w.setCur(nil)
+			reused = w.h.pool.putIdle(w)
+		}
 		if job.OnReply != nil {
 			job.OnReply(w.p.pid, reply)
 		}
-		if w.state == StateBusy && w.ex.Served < w.h.opts.MaxRequests {
+		if reused {
 			// No descendant outlives its message: the worker lives on for the next one, what
 			// it started for this one does not. Those re-parented to relayd are swept.
 			sandbox.KillDescendants(w.p.pid)
 			if w.h.opts.Subreaper {
 				w.h.sweep(false)
 			}
-			w.setCur(nil)
-			if w.h.pool.putIdle(w) {
-				w.h.events <- Event{PID: w.p.pid, Job: job, Replied: true}
-				w.job, w.replied = nil, false
-				w.to(StateIdle)
-				return
-			}
+			w.h.events <- Event{PID: w.p.pid, Job: job, Replied: true}
+			w.job, w.replied = nil, false
+			w.to(StateIdle)
+			return
 		}
 		// The worker waits for more requests until stdin closes, so it is still alive and
 		// its peak memory can be read; measure has just read it for the reply's usage.

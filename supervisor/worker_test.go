@@ -199,3 +199,21 @@ func TestLaunch(t *testing.T) {
 		t.Errorf("reason = %s (transient %v, cannot start %v), want a transient spawn_failed(EMFILE)", got, ex.Reason.Transient(), ex.CannotStart())
 	}
 }
+
+// TestReusedWorkerIsIdleBeforeItsAnswerLeaves sends the next message from the reply callback,
+// as a client does on reading its answer: a worker that serves more must take it, not a fork.
+func TestReusedWorkerIsIdleBeforeItsAnswerLeaves(t *testing.T) {
+	h := newHost(t, Options{Path: workerBin, Args: []string{"--delay=0s"}, MaxRequests: 3, MaxIdle: 1})
+	pids := make(chan int, 2)
+	second := &Job{ID: "2", Topic: "echo", Data: json.RawMessage(`"b"`), Attempt: 1,
+		OnReply: func(pid int, _ ipc.WorkerReply) { pids <- pid }}
+	h.Spawn(&Job{ID: "1", Topic: "echo", Data: json.RawMessage(`"a"`), Attempt: 1,
+		OnReply: func(pid int, _ ipc.WorkerReply) { pids <- pid; h.Spawn(second) }})
+	for range 2 {
+		recvEvent(t, h, 10*time.Second, "a job's end")
+	}
+	first, next := <-pids, <-pids
+	if first != next || h.Spawned() != 1 {
+		t.Errorf("jobs answered by %d then %d, %d forks; want one worker for both", first, next, h.Spawned())
+	}
+}
