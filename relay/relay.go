@@ -99,6 +99,7 @@ type Relay struct {
 	retries  chan *Message
 	settings chan Settings
 	retire   chan struct{} // closed by Retire
+	started  chan struct{} // closed when Run has logged that the relay started
 	done     chan struct{} // closed when Run returns
 	stats    *counters
 
@@ -140,6 +141,7 @@ func New(cfg Config) *Relay {
 		retries:     make(chan *Message),
 		settings:    make(chan Settings),
 		retire:      make(chan struct{}),
+		started:     make(chan struct{}),
 		done:        make(chan struct{}),
 		stats:       newCounters(),
 		retryTimers: make(map[*Message]*time.Timer),
@@ -148,6 +150,9 @@ func New(cfg Config) *Relay {
 
 // Name is the service's registered name.
 func (r *Relay) Name() string { return r.cfg.Name }
+
+// Started is closed once Run has begun and logged "relay started".
+func (r *Relay) Started() <-chan struct{} { return r.started }
 
 // Retire tells the relay that its name was removed: it answers messages that still reach it
 // unknown_name, finishes what it holds (queued messages and retries included), then closes its
@@ -177,6 +182,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	} else {
 		r.log.Info("relay started", "pid", os.Getpid())
 	}
+	close(r.started)
 	var reporter sync.WaitGroup
 	stopStats := make(chan struct{})
 	if r.cfg.StatsInterval > 0 {

@@ -133,6 +133,8 @@ func (ss *services) start(c *config, s *serviceConfig) error {
 	ss.mu.Unlock()
 	ss.all = append(ss.all, sv)
 	go func() { sv.done <- sv.rl.Run(ss.hard) }()
+	// "relay started" comes before anything relayd logs after this, such as shutting down.
+	<-sv.rl.Started()
 	return nil
 }
 
