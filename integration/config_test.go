@@ -220,12 +220,20 @@ service "storm" {
   max-workers           = 4
   max-restarts          = 1
 }
-`, filepath.Join(binDir, "worker"))), 0o600); err != nil {
+
+service "narrow" {
+  worker                = %q
+  args                  = ["--delay=0s"]
+  allow-fault-injection = true
+  max-workers           = 1
+  queue                 = 0
+}
+`, filepath.Join(binDir, "worker"), filepath.Join(binDir, "worker"))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "s")
 	startRelayd(t, sock, "--config", conf, "--service", "broken="+filepath.Join(dir, "missing"),
-		"--allow-fault-injection", "--worker-arg=--delay=0s", "--stats-interval=0",
+		"--allow-fault-injection", "--worker-arg=--delay=0s", "--stats-interval=0", "--shutdown-timeout=1s",
 		"--metrics-addr=unix:"+filepath.Join(dir, "m"))
 	scr := unixScraper(filepath.Join(dir, "m"))
 	defer scr.close()
@@ -242,6 +250,25 @@ service "storm" {
 		t.Fatal(err)
 	}
 	defer c.Close()
+
+	// A full service answers busy; relay, beside it, answers at once.
+	held, err := c.Send("narrow", "echo", "!sleep 30s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(20*time.Second, func() bool {
+		return strings.Contains(string(requestTo(t, c, "narrow", "status", nil).Data), `"busy"`)
+	}) {
+		t.Fatal("narrow's worker never showed as busy")
+	}
+	if a := requestTo(t, c, "narrow", "echo", "x"); codeOf(a) != ipc.CodeBusy {
+		t.Errorf("narrow with its one worker busy and no queue: %s, want busy", a.Raw)
+	}
+	if a := requestTo(t, c, "relay", "echo", "beside"); a.Error != nil || unquoteData(a) != "BESIDE" {
+		t.Errorf("relay beside a full service: %s", a.Raw)
+	}
+	c.Forget(held)
+
 	// Each crash is two failed attempts; 40 of them spend far more than the half of the
 	// 100-token budget after which retries pause.
 	var calls []*ipc.Call
