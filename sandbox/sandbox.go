@@ -231,9 +231,20 @@ func (s *Sandbox) probe(cmd func() *exec.Cmd) error {
 	if !nsProbe.done {
 		nsProbe.flags, nsProbe.missing, nsProbe.err = s.cloneflags, "", nil
 		if err := s.run(cmd()); err != nil {
-			nsProbe.missing, nsProbe.flags = err.Error(), 0
-			s.cloneflags = 0
-			if err := s.run(cmd()); err != nil {
+			nsProbe.missing = err.Error()
+			// A PID namespace alone, for a relayd with CAP_SYS_ADMIN where user namespaces
+			// are turned off; then none.
+			for _, flags := range []uintptr{unix.CLONE_NEWPID, 0} {
+				s.cloneflags = flags
+				if err = s.run(cmd()); err == nil {
+					break
+				}
+			}
+			nsProbe.flags = s.cloneflags
+			if nsProbe.flags != 0 {
+				nsProbe.missing = ""
+			}
+			if err != nil {
 				nsProbe.err = fmt.Errorf("starting a confined process: %w", err)
 			}
 		}
