@@ -25,6 +25,7 @@ service "relay" {
 #   transport       "stdio": the worker protocol on stdin and stdout
 #   max-workers     most processes at once                           reloadable
 #   queue           most messages waiting for a worker               reloadable
+#   max-per-client  most messages of one connection in flight to it
 #   spares          processes kept started and ready
 #   max-requests    messages one process serves before it is replaced
 #   message-timeout bound of each attempt                            reloadable

@@ -401,3 +401,50 @@ service "upper" {
 		t.Errorf("the REPL's message did not reach upper:\n%s", got)
 	}
 }
+
+// TestServiceMaxPerClient checks a service's own max-per-client: with a bound of 1, a
+// connection's second message to it waits for the first to be answered, however many workers
+// the service may run.
+func TestServiceMaxPerClient(t *testing.T) {
+	dir := shortTempDir(t)
+	conf := filepath.Join(dir, "relayd.hcl")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`
+service "one" {
+  worker                = %q
+  args                  = ["--delay=0s"]
+  allow-fault-injection = true
+  max-workers           = 4
+  max-per-client        = 1
+}
+`, filepath.Join(binDir, "worker"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "s")
+	startRelayd(t, sock, "--config", conf, "--worker-arg=--delay=0s", "--stats-interval=0")
+	c, err := ipc.Dial(t.Context(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	slow, err := c.Send("one", "echo", "!sleep 2s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	quick, err := c.Send("one", "echo", "quick")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	a, err := c.Wait(ctx, quick)
+	if err != nil || a.Error != nil || unquoteData(a) != "QUICK" {
+		t.Fatalf("quick: %s %v", a.Raw, err)
+	}
+	if d := time.Since(start); d < 2*time.Second {
+		t.Errorf("the second message was answered after %v, before the first's 2s: max-per-client = 1 did not hold it", d)
+	}
+	if a, err := c.Wait(ctx, slow); err != nil || a.Error != nil {
+		t.Errorf("slow: %s %v", a.Raw, err)
+	}
+}

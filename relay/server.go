@@ -80,6 +80,9 @@ type ServerConfig struct {
 	// socket buffer holds the rest). 0 means DefaultPendingBytes.
 	MaxPendingBytes       int64
 	MaxClientPendingBytes int64
+	// PerClient, if set, bounds the messages of one connection in flight to one name, below
+	// MaxPerClient; 0 means MaxPerClient alone.
+	PerClient func(name string) int
 	// MaxConns bounds open connections; 0 means no bound. MaxConnsPerUID bounds those of one
 	// peer uid; 0 means no bound of its own.
 	MaxConns       int
@@ -332,6 +335,9 @@ type conn struct {
 	// slots holds a token for every message whose answer is not yet written; its capacity is
 	// MaxPerClient, so out never fills and answering never blocks the relay.
 	slots chan struct{}
+	// perName holds a semaphore per name with a bound of its own (PerClient); only the
+	// reader touches the map.
+	perName map[string]chan struct{}
 	// pending is 1 for the reader plus one per unanswered message; whoever takes it to zero
 	// closes out, which ends the writer.
 	pending atomic.Int64
@@ -588,15 +594,47 @@ func (c *conn) read() {
 			continue
 		}
 		waitStart := time.Now()
+		sem := c.nameSlots(req.To)
+		if sem != nil {
+			sem <- struct{}{}
+		}
 		c.slots <- struct{}{}
 		fr.pause(time.Since(waitStart))
 		c.pending.Add(1)
 		m := NewMessage(req, c.name, nil)
-		m.reply = func(r ipc.Reply) { c.observe(req.To, req.Topic, r, m.Accepted); c.deliver(r, charge) }
+		m.reply = func(r ipc.Reply) {
+			if sem != nil {
+				<-sem
+			}
+			c.observe(req.To, req.Topic, r, m.Accepted)
+			c.deliver(r, charge)
+		}
 		if !c.s.enter(inbox, m) {
 			m.Fail(ipc.Errorf(ipc.CodeShuttingDown, "relay is shutting down"))
 		}
 	}
+}
+
+// nameSlots returns the semaphore of the connection's messages in flight to name, or nil when
+// only MaxPerClient bounds them. Only the reader calls it.
+func (c *conn) nameSlots(name string) chan struct{} {
+	if c.s.cfg.PerClient == nil {
+		return nil
+	}
+	n := c.s.cfg.PerClient(name)
+	if n <= 0 {
+		return nil
+	}
+	sem := c.perName[name]
+	if cap(sem) != n {
+		if c.perName == nil {
+			c.perName = make(map[string]chan struct{})
+		}
+		// A changed bound takes a new semaphore; answers release the old one they took.
+		sem = make(chan struct{}, n)
+		c.perName[name] = sem
+	}
+	return sem
 }
 
 // enter hands m to inbox unless StopReading has closed the gate.

@@ -81,6 +81,7 @@ type serviceConfig struct {
 	maxWorkers     int
 	spares         int
 	maxRequests    int
+	maxPerClient   int
 	queue          int
 	messageTimeout time.Duration
 	killGrace      time.Duration
@@ -198,7 +199,7 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 	for _, c := range []struct {
 		name string
 		v    int
-	}{{"--max-per-client", cfg.maxPerClient}, {"--max-message-bytes", cfg.maxMessageBytes}} {
+	}{{"--max-message-bytes", cfg.maxMessageBytes}} {
 		if c.v < 1 {
 			return nil, fmt.Errorf("%s must be at least 1", c.name)
 		}
@@ -235,6 +236,8 @@ func parseFlags(args []string, stdout io.Writer, getenv func(string) string) (*c
 		return nil, cli.Usagef("--worker-sandbox %w", err)
 	}
 	cfg.scratchParent = scratchParent(getenv)
+	// relay's bound is also the connection's in all; another service's bounds it further.
+	cfg.maxPerClient = rs.maxPerClient
 	if cfg.authorize, err = authorizer(cfg.allowUIDs, cfg.allowGIDs); err != nil {
 		return nil, err
 	}
@@ -294,7 +297,7 @@ func (s *serviceConfig) finish(getenv func(string) string) error {
 	for _, c := range []struct {
 		name string
 		v    int
-	}{{"--max-workers", s.maxWorkers}, {"--max-requests", s.maxRequests}} {
+	}{{"--max-workers", s.maxWorkers}, {"--max-requests", s.maxRequests}, {"--max-per-client", s.maxPerClient}} {
 		if c.v < 1 {
 			return fmt.Errorf("%s must be at least 1", c.name)
 		}

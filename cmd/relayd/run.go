@@ -104,6 +104,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		Lookup:                ss.names.Lookup,
 		MaxMessageBytes:       cfg.maxMessageBytes,
 		MaxPerClient:          cfg.maxPerClient,
+		PerClient:             ss.perClient,
 		MaxConns:              cfg.maxConns,
 		MaxConnsPerUID:        cfg.maxConnsPerUID,
 		MaxPendingBytes:       cfg.maxPending,

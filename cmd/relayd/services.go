@@ -159,6 +159,16 @@ func (ss *services) get(name string) *service {
 	return ss.live[name]
 }
 
+// perClient is the bound on one connection's messages in flight to the service name, beyond
+// the connection's own (relay's max-per-client): 0 for relay and for no service.
+func (ss *services) perClient(name string) int {
+	sv := ss.get(name)
+	if sv == nil || name == relayName {
+		return 0
+	}
+	return sv.cfg.maxPerClient
+}
+
 // stats reads every live service's counters, for a metrics scrape, in name order.
 func (ss *services) stats() []metrics.ServiceStats {
 	ss.mu.Lock()

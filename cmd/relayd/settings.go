@@ -130,8 +130,8 @@ var settings = []setting{
 	{name: "queue", scope: perService, applied: toRelay, service: func(fs *pflag.FlagSet, s *serviceConfig) {
 		fs.IntVar(&s.queue, "queue", 1024, "most messages waiting for a worker (enough for a burst of a thousand); more are answered busy at once")
 	}},
-	{name: "max-per-client", global: func(fs *pflag.FlagSet, c *config) {
-		fs.IntVar(&c.maxPerClient, "max-per-client", 64, "most messages of one connection in flight, so one client cannot fill the queue; more wait their turn")
+	{name: "max-per-client", scope: perService, service: func(fs *pflag.FlagSet, s *serviceConfig) {
+		fs.IntVar(&s.maxPerClient, "max-per-client", 64, "most messages of one connection in flight, so one client cannot fill the queue; more wait their turn (relay's, and the connection's in all; a service's own bounds it further)")
 	}},
 	{name: "message-timeout", scope: perService, applied: toRelay, service: func(fs *pflag.FlagSet, s *serviceConfig) {
 		fs.DurationVar(&s.messageTimeout, "message-timeout", 10*time.Second, "longest one attempt may take before its worker is stopped and the sender gets timeout")
