@@ -222,6 +222,13 @@ func (s *Sandbox) probe(cmd func() *exec.Cmd) error {
 	// the kernel (or a seccomp filter around relayd, such as systemd's RestrictNamespaces=)
 	// refuse them, without. A Landlock or seccomp failure shows up on both and is reported.
 	s.cloneflags = nsFlags
+	if hasCapability(unix.CAP_SYS_ADMIN) {
+		// A privileged relayd makes the PID namespace alone: it needs no user namespace for
+		// it, and a worker in a user namespace without a uid map was seen, now and then right
+		// after relayd started, refused by the permission bits of its own scratch directory
+		// (see Launch). Dropping a root worker's privileges is --worker-user's job.
+		s.cloneflags = unix.CLONE_NEWPID
+	}
 	// The kernel's answer is the same for every sandbox of the process, and it is asked once:
 	// a relayd with several services makes a sandbox per service, the later ones while a
 	// supervisor already sweeps relayd's children, and that sweep would kill an untracked
@@ -273,8 +280,24 @@ func (s *Sandbox) run(cmd *exec.Cmd) error {
 	if err != nil {
 		return err
 	}
-	defer release()
-	return cmd.Wait()
+	err = cmd.Wait()
+	release()
+	// The probe's thread is not kept for workers: it was made and confined from the caller of
+	// New, which is relayd's main goroutine, and a worker forked right after from that slot
+	// was seen refused writes in its scratch directory now and then.
+	s.dropIdle()
+	return err
+}
+
+// dropIdle ends every parked slot.
+func (s *Sandbox) dropIdle() {
+	s.mu.Lock()
+	idle := s.idle
+	s.idle = nil
+	s.mu.Unlock()
+	for _, sl := range idle {
+		endSlot(sl)
+	}
 }
 
 // Report says which mechanisms the sandbox applies and which the kernel lacks. A nil Sandbox
@@ -330,7 +353,7 @@ func (s *Sandbox) Close() error {
 //
 // Launch adds TMPDIR to cmd.Env and the namespace flags to cmd.SysProcAttr. The user
 // namespace has no uid map: the worker keeps its uid outside (so files it makes are owned as
-// before) and holds no capability at all, even under a root relayd; writing a map would take a
+// before) and holds no capability at all; writing a map would take a
 // write to /proc/PID/uid_map, which the confined thread cannot make. With a Credential
 // (--worker-user), which needs a mapped uid, only the PID namespace is new, which the root
 // relayd that sets one may create.
@@ -357,6 +380,16 @@ func (s *Sandbox) Launch(cmd *exec.Cmd, fork func() error) (release func(), err 
 		return nil, err
 	}
 	setTMPDIR(cmd, scratch)
+	if s.cloneflags&unix.CLONE_NEWUSER != 0 {
+		// A worker in a user namespace without a uid map was seen, now and then, refused by
+		// the owner bits of its own scratch directory as if it were another user. The
+		// directory is open to all; no one else can find it (its parents cannot be listed
+		// and its name is random) and other workers are kept out of it by Landlock.
+		if err := os.Chmod(scratch, 0o777); err != nil {
+			s.putSlot(sl)
+			return nil, fmt.Errorf("opening the scratch directory: %w", err)
+		}
+	}
 	if attr := cmd.SysProcAttr; attr != nil && attr.Credential != nil {
 		// The worker runs as another user (--worker-user): the scratch directory is its own.
 		if err := os.Chown(scratch, int(attr.Credential.Uid), int(attr.Credential.Gid)); err != nil {
@@ -617,4 +650,14 @@ func (s *Sandbox) confine(ruleset int) error {
 		}
 	}
 	return nil
+}
+
+// hasCapability reports whether capability c is in the process's effective set.
+func hasCapability(c int) bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
 }
