@@ -145,14 +145,18 @@ func processesOf(exe string, grandchildren bool) []int {
 }
 
 // TestForkGrandchildrenDieWithKilledRelayd is the first escape of a setsid grandchild: relayd
-// SIGKILLed while its workers' !fork grandchildren run. relayd is stopped (SIGSTOP) once the
-// workers are forked, so that no answer and no clean-up comes between: the workers fork their
-// grandchildren and wait for a stdin that never closes, until relayd is killed.
+// SIGKILLed while its workers' !fork grandchildren run. relayd is stopped (SIGSTOP) once every
+// worker has its message, so that no answer and no clean-up comes between: the workers fork
+// their grandchildren and wait for a stdin that never closes, until relayd is killed.
 func TestForkGrandchildrenDieWithKilledRelayd(t *testing.T) {
 	const n = 8
 	exe := workerCopy(t)
 	sock := filepath.Join(shortTempDir(t), "s")
-	r := startRelayd(t, sock, "--worker="+exe, "--allow-fault-injection", "--worker-arg=--delay=300ms", "--message-timeout=1m")
+	// A worker forks its grandchild --delay after it took its message, and answers right
+	// after: relayd must be stopped within that time of the first message taken. The
+	// delay is the time all n workers have to be forked and given their messages, which a
+	// loaded machine does in well under a second; it is not what the test measures.
+	r := startRelayd(t, sock, "--worker="+exe, "--allow-fault-injection", "--worker-arg=--delay=5s", "--message-timeout=1m")
 	requireSandbox(t, sock, "pid-namespace")
 	c, err := ipc.Dial(t.Context(), sock)
 	if err != nil {
@@ -164,29 +168,47 @@ func TestForkGrandchildrenDieWithKilledRelayd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if !eventually(10*time.Second, func() bool { return len(processesOf(exe, false)) == n }) {
-		t.Fatalf("%d workers running, want %d", len(processesOf(exe, false)), n)
+	// A worker is busy once relayd has written its message to it; counting processes
+	// instead would also count a grandchild forked but not yet executed (it has the
+	// worker's command line), or a worker that has not got its message yet.
+	var st ipc.Status
+	busy := func() int {
+		st = ipc.Status{}
+		if err := json.Unmarshal(dialAndRequest(t, sock, "status", nil).Data, &st); err != nil {
+			t.Fatalf("status: %v", err)
+		}
+		k := 0
+		for _, w := range st.Workers {
+			if w.State == "busy" {
+				k++
+			}
+		}
+		return k
+	}
+	if !eventually(20*time.Second, func() bool { return busy() == n }) {
+		t.Fatalf("%d workers busy after 20s, want %d: %+v", busy(), n, st.Workers)
 	}
 	r.once.Do(func() {}) // It will not exit 0: skip the SIGTERM check at cleanup.
 	if err := r.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	var grandchildren []int
-	if !eventually(10*time.Second, func() bool { grandchildren = processesOf(exe, true); return len(grandchildren) == n }) {
+	if !eventually(30*time.Second, func() bool { grandchildren = processesOf(exe, true); return len(grandchildren) == n }) {
 		r.cmd.Process.Kill()
-		t.Fatalf("%d grandchildren running, want %d", len(grandchildren), n)
+		t.Fatalf("%d grandchildren running 30s after relayd was stopped with %d busy workers, want %d", len(grandchildren), n, n)
 	}
 	if err := r.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-r.exited
 	killed := time.Now()
-	if !eventually(time.Second, func() bool { return len(processesOf(exe, true)) == 0 }) {
+	// The kernel kills them with their PID namespace's init; 5s is for a loaded machine.
+	if !eventually(5*time.Second, func() bool { return len(processesOf(exe, true)) == 0 }) {
 		left := processesOf(exe, true)
 		for _, pid := range left {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
-		t.Fatalf("%d of %d !fork grandchildren alive 1s after relayd's SIGKILL: %v", len(left), n, left)
+		t.Fatalf("%d of %d !fork grandchildren alive 5s after relayd's SIGKILL: %v", len(left), n, left)
 	}
 	t.Logf("all %d grandchildren gone %v after SIGKILL of relayd", n, time.Since(killed).Round(time.Millisecond))
 	os.Remove(sock)
