@@ -99,12 +99,6 @@ func newServer(t *testing.T, opts *server.Options) *server.Server {
 func startCluster(t *testing.T, n int) *natsCluster {
 	t.Helper()
 	c := &natsCluster{}
-	t.Cleanup(func() {
-		for _, s := range c.servers {
-			s.Shutdown()
-			s.WaitForShutdown()
-		}
-	})
 	// A clustered JetStream server finishes starting only once it sees its peers, so every
 	// route port is chosen first and the servers start together.
 	routes := make([]string, n)
@@ -113,13 +107,25 @@ func startCluster(t *testing.T, n int) *natsCluster {
 		ports[i] = freePort(t)
 		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", ports[i])
 	}
+	// The options come first: serverOptions takes the store directories from t.TempDir, whose
+	// removal must run after the servers' shutdown (cleanups run last registered first), or
+	// it races a server still writing its JetStream store.
+	opts := make([]*server.Options, n)
 	for i := range n {
-		opts := serverOptions(t, fmt.Sprintf("s%d", i+1), true)
+		opts[i] = serverOptions(t, fmt.Sprintf("s%d", i+1), true)
 		if n > 1 {
-			opts.Cluster = server.ClusterOpts{Name: "relayd-test", Host: "127.0.0.1", Port: ports[i]}
-			opts.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+			opts[i].Cluster = server.ClusterOpts{Name: "relayd-test", Host: "127.0.0.1", Port: ports[i]}
+			opts[i].Routes = server.RoutesFromStr(strings.Join(routes, ","))
 		}
-		c.servers = append(c.servers, newServer(t, opts))
+	}
+	t.Cleanup(func() {
+		for _, s := range c.servers {
+			s.Shutdown()
+			s.WaitForShutdown()
+		}
+	})
+	for i := range n {
+		c.servers = append(c.servers, newServer(t, opts[i]))
 	}
 	for _, s := range c.servers {
 		if !s.ReadyForConnections(30 * time.Second) {
