@@ -98,8 +98,10 @@ var directives = []directive{
 		act: func(w *worker, c call) (bool, error) { w.injected(c.name); return true, dieOfSIGSEGV() }},
 	{name: "!hang", does: "ignore SIGTERM, never answer", outcome: "timeout",
 		act: func(w *worker, c call) (bool, error) {
-			w.injected(c.name)
+			// SIGTERM is ignored before the log line, so that whoever sees the line (a
+			// test that then stops relayd) knows a SIGTERM can no longer end the worker.
 			signal.Ignore(syscall.SIGTERM)
+			w.injected(c.name)
 			for {
 				time.Sleep(time.Hour)
 			}
