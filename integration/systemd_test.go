@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -525,9 +526,11 @@ func TestLogFormats(t *testing.T) {
 // connections past --max-conns are refused with busy.
 func TestConnectionLimits(t *testing.T) {
 	sock := filepath.Join(shortTempDir(t), "s")
-	startRelayd(t, sock, "--frame-timeout=300ms", "--max-conns=2", "--worker-arg=--delay=0s")
+	// --max-conns-per-uid=0: the per-uid bound (half of --max-conns otherwise) would refuse
+	// the second connection of this test's uid before --max-conns is reached.
+	startRelayd(t, sock, "--frame-timeout=300ms", "--max-conns=2", "--max-conns-per-uid=0", "--worker-arg=--delay=0s")
 	readAll := func(c net.Conn) string {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
 		var b strings.Builder
 		buf := make([]byte, 4096)
 		for {
@@ -571,22 +574,36 @@ func TestConnectionLimits(t *testing.T) {
 				c.Close()
 			}
 		}()
-		for range 2 {
-			c, err := net.Dial("unix", sock)
-			if err != nil {
-				t.Fatal(err)
+		// A connection holds its slot once relayd has answered on it. A slot of an earlier
+		// subtest's connection is freed as relayd sees it closed, so a refusal here is
+		// tried again, within a bound.
+		for i := range 2 {
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				c, err := net.Dial("unix", sock)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Write([]byte(fmt.Sprintf(`{"id":%d,"to":"relay","topic":"echo","data":"hold"}`+"\n", 10+i)))
+				c.SetReadDeadline(time.Now().Add(20 * time.Second))
+				line, err := bufio.NewReader(c).ReadString('\n')
+				if strings.Contains(line, `"HOLD"`) {
+					open = append(open, c)
+					break
+				}
+				c.Close()
+				if !strings.Contains(line, "too many connections") || time.Now().After(deadline) {
+					t.Fatalf("connection %d of 2: got %q (%v), want its message answered", i+1, line, err)
+				}
 			}
-			open = append(open, c)
 		}
-		// Connections register as relayd accepts them; give it a moment to count both.
-		time.Sleep(100 * time.Millisecond)
 		c, err := net.Dial("unix", sock)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
 		c.Write([]byte(`{"id":4,"to":"relay","topic":"echo","data":"x"}` + "\n"))
-		if got := readAll(c); !strings.Contains(got, `"busy"`) || !strings.Contains(got, "too many connections") {
+		if got := readAll(c); !strings.Contains(got, `"busy"`) || !strings.Contains(got, "too many connections (at most 2)") {
 			t.Errorf("third connection: got %q, want busy: too many connections", got)
 		}
 	})
