@@ -190,7 +190,7 @@ func TestMetricsEndpoint(t *testing.T) {
 			setup: func(*testing.T, string) string { return "127.0.0.1:0" },
 			scraper: func(t *testing.T, _ string, r *relayd) scraper {
 				var addr string
-				if !eventually(5*time.Second, func() bool {
+				if !eventually(20*time.Second, func() bool {
 					m := metricsLogAddr.FindStringSubmatch(r.log.String())
 					if m != nil {
 						addr = m[1]
@@ -256,7 +256,7 @@ func TestMetricsEndpoint(t *testing.T) {
 			// Wait for the nine exits (six normal, three crashes) and an idle relay.
 			const exits = replies + 4
 			var fams map[string]*dto.MetricFamily
-			if !eventually(5*time.Second, func() bool {
+			if !eventually(20*time.Second, func() bool {
 				fams = s.scrape(t)
 				inFlight, _ := sample(fams, "relayd_messages_in_flight", relayLabel)
 				return sum(fams, "relayd_worker_exits_total") == exits && inFlight == 0

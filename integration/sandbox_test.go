@@ -94,8 +94,8 @@ func TestSandboxFileSystem(t *testing.T) {
 		t.Fatalf("!scratch = %q, want a path", scratch)
 	}
 	// The answer comes before the worker exits; its directory goes within --kill-grace.
-	if !eventually(5*time.Second, func() bool { _, err := os.Stat(scratch); return os.IsNotExist(err) }) {
-		t.Errorf("scratch directory %s still there 5s after its worker answered", scratch)
+	if !eventually(20*time.Second, func() bool { _, err := os.Stat(scratch); return os.IsNotExist(err) }) {
+		t.Errorf("scratch directory %s still there 20s after its worker answered", scratch)
 	}
 	if other := unquote(t, ask(t, sock, "!scratch")); other == scratch {
 		t.Errorf("two workers got the same scratch directory %s", other)

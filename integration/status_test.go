@@ -84,7 +84,7 @@ func TestEchoStatus(t *testing.T) {
 	// The message takes a worker at once (the spare), and a new spare is started behind it.
 	var out string
 	var busy statusRow
-	if !eventually(5*time.Second, func() bool {
+	if !eventually(20*time.Second, func() bool {
 		out = runEcho(t, sock, "--status")
 		for _, r := range parseStatusTable(t, out) {
 			if r.state == "busy" {

@@ -239,8 +239,8 @@ func TestSIGKILLLeavesNoWorkers(t *testing.T) {
 	}
 	pid := r.cmd.Process.Pid
 	var workers []int
-	if !eventually(10*time.Second, func() bool { workers = descendants(pid); return len(workers) >= 20 }) {
-		t.Fatalf("relayd has %d descendants, want 20 workers", len(workers))
+	if !eventually(30*time.Second, func() bool { workers = descendants(pid); return len(workers) >= 20 }) {
+		t.Fatalf("relayd has %d descendants after 30s, want 20 workers", len(workers))
 	}
 	r.once.Do(func() {}) // It will not exit 0: skip the SIGTERM check at cleanup.
 	if err := r.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -248,8 +248,9 @@ func TestSIGKILLLeavesNoWorkers(t *testing.T) {
 	}
 	<-r.exited
 	killed := time.Now()
-	if !eventually(time.Second, func() bool { return !slices.ContainsFunc(workers, alive) }) {
-		t.Errorf("workers alive 1s after relayd was killed: %v", slices.DeleteFunc(workers, func(p int) bool { return !alive(p) }))
+	// The kernel ends them at relayd's death; 5s is for a loaded machine.
+	if !eventually(5*time.Second, func() bool { return !slices.ContainsFunc(workers, alive) }) {
+		t.Errorf("workers alive 5s after relayd was killed: %v", slices.DeleteFunc(workers, func(p int) bool { return !alive(p) }))
 	}
 	t.Logf("all %d workers gone %v after SIGKILL of relayd", len(workers), time.Since(killed).Round(time.Millisecond))
 	os.Remove(sock)
@@ -367,14 +368,14 @@ func TestClientGoneMidFlight(t *testing.T) {
 		t.Fatalf("workers did not start: %v", descendants(pid))
 	}
 	c.Close()
-	if !eventually(5*time.Second, func() bool { return len(descendants(pid)) == 0 }) {
-		t.Errorf("workers left after their client went away: %v", descendants(pid))
+	if !eventually(20*time.Second, func() bool { return len(descendants(pid)) == 0 }) {
+		t.Errorf("workers left 20s after their client went away: %v", descendants(pid))
 	}
-	if !eventually(3*time.Second, func() bool { return fdCount(pid) <= baseFDs }) {
+	if !eventually(10*time.Second, func() bool { return fdCount(pid) <= baseFDs }) {
 		t.Errorf("relayd has %d descriptors, %d before", fdCount(pid), baseFDs)
 	}
 	var g float64
-	if !eventually(3*time.Second, func() bool { g = stats(t, sock)["goroutines"].(float64); return g <= baseGoroutines }) {
+	if !eventually(10*time.Second, func() bool { g = stats(t, sock)["goroutines"].(float64); return g <= baseGoroutines }) {
 		t.Errorf("relayd has %v goroutines, %v before", g, baseGoroutines)
 	}
 	if a := ask(t, sock, "still serving"); a.Error != nil {

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -429,8 +430,14 @@ func TestWorkerUser(t *testing.T) {
 	done := make(chan ipc.Answer, 1)
 	go func() { done <- ask(t, sock, "!sleep 1s") }()
 	var uid string
-	if !eventually(5*time.Second, func() bool {
+	// Only a process that runs the worker's executable counts: one forked but not yet
+	// executed still has relayd's credentials.
+	worker := filepath.Join(binDir, "worker")
+	if !eventually(20*time.Second, func() bool {
 		for _, pid := range descendants(r.cmd.Process.Pid) {
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !bytes.HasPrefix(b, []byte(worker+"\x00")) {
+				continue
+			}
 			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 			if err != nil {
 				continue
