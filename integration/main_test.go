@@ -168,7 +168,8 @@ func startRelaydBin(t *testing.T, bin, socket string, args ...string) *relayd {
 	}
 	go func() { r.exited <- r.cmd.Wait() }()
 	t.Cleanup(func() { r.stop(t) })
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	// relayd starts in well under a second; a loaded machine may take many.
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	if err := waitSocket(ctx, socket); err != nil {
 		t.Fatalf("%v; relayd's log:\n%s", err, r.log)
