@@ -139,7 +139,10 @@ def main():
     log("info", "serving", network=network, address=address)
 
     try:
-        while not stop.wait(3600):
+        # A short wait, again and again: the handler runs in this thread between bytecodes,
+        # so a SIGTERM that lands after Event.wait checked the flag but before it started
+        # waiting sets it unseen; the next round sees it.
+        while not stop.wait(1):
             pass
         server.stop(grace=5).wait()
     finally:
